@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m cgns.bench` prints one table."""

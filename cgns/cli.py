@@ -1,0 +1,80 @@
+"""The flag vocabulary shared by every entry point, and the one way they report results."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_ROOT = REPO_ROOT / "data" / "demo"
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 64,
+                    image_size: int = 224) -> argparse.ArgumentParser:
+    """Add --data-root, --output-dir, --seed, --epochs, --batch-size, --data-pct, --checkpoint, ... ."""
+    parser.add_argument("--data-root", type=str, default=None,
+                        help="data set in its official layout; omitted -> the generated demo copy under data/demo/")
+    parser.add_argument("--output-dir", type=str, default=None, help="where metrics.json, logs and checkpoints go")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    parser.add_argument("--data-pct", type=float, nargs="+", default=[1.0],
+                        help="fraction(s) of the TRAINING split to use, e.g. 0.01 0.1 1")
+    parser.add_argument("--checkpoint", type=str, default=None, help="a checkpoint this project wrote")
+    parser.add_argument("--image-size", type=int, default=image_size, help="crop size fed to the encoder (px)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", type=str, default=None, help="cpu / cuda (default: cuda when available)")
+    return parser
+
+
+def resolve_data_root(dataset: str, data_root: str | os.PathLike | None) -> Path:
+    """The folder of `dataset` in its official layout; None means the demo copy, generated on first use."""
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data-root {root}: no such directory (expected the {dataset} data set "
+                                    f"in its official layout, see README 'Bring real data')")
+        return root
+    from cgns.data.synthetic import ensure_demo
+
+    return Path(ensure_demo(dataset, root=DEMO_ROOT))
+
+
+def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> Path:
+    """Write <output_dir>/metrics.json atomically (temp file + os.replace)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "metrics.json"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True, default=float)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def print_final(metrics: dict, label: str = "final") -> str:
+    """Print the final metrics as one line `final: a=0.8123 b/c=12` and return it."""
+    parts = []
+    for key, value in _flatten(metrics).items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4f}")
+        elif isinstance(value, (int, str)) or value is None:
+            parts.append(f"{key}={value}")
+    line = f"{label}: " + " ".join(parts)
+    print(line, flush=True)
+    return line
