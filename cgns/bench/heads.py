@@ -1,0 +1,158 @@
+"""Benchmark: the vectorised CM-CGNS heads against a loop-structured formulation like the original's.
+
+Heads = per-sentence pooling, report attention pooling, sigmoid cross-attention, the local image loss, and the local
+text loss with CGNS (k-means update, hard negatives, false-negative margin). Both sides start from the same token and
+patch features and run forward + backward at batch 64; the encoders are left out (they are the same in both).
+Sizes: tiny = 64 patches, 192-d; base = 196 patches, 768-d.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cgns.losses.clustering import ClusterNegativeSampler
+from cgns.losses.local_alignment import Predictor, simsiam_loss
+from cgns.models.cgns import SigmoidCrossAttention, sentence_features
+from cgns.models.encoders import AttentionPool
+
+SIZES = {"tiny": dict(patches=64, dim=192, tokens=128), "base": dict(patches=196, dim=768, tokens=256)}
+
+
+class Heads(torch.nn.Module):
+    def __init__(self, dim: int, num_clusters: int = 128):
+        super().__init__()
+        self.pool = AttentionPool(dim, 8)
+        self.attention = SigmoidCrossAttention(dim)
+        self.predictor = Predictor(dim)
+        self.clustering = ClusterNegativeSampler(dim, num_clusters=num_clusters)
+
+
+def make_inputs(batch: int, patches: int, dim: int, tokens: int, seed: int = 0):
+    """Token features [B,T,D], a sentence index with 4-14 sentences of 3-12 tokens per report, patches [B,L,D]."""
+    generator = torch.Generator().manual_seed(seed)
+    sentence_index = torch.zeros(batch, tokens, dtype=torch.long)
+    for b in range(batch):
+        position, sentence = 1, 1
+        count = int(torch.randint(4, 15, (1,), generator=generator))
+        while sentence <= count and position < tokens - 1:
+            size = int(torch.randint(3, 13, (1,), generator=generator))
+            sentence_index[b, position:min(position + size, tokens - 1)] = sentence
+            position, sentence = position + size, sentence + 1
+    token_features = F.normalize(torch.randn(batch, tokens, dim, generator=generator), dim=-1)
+    patch_features = F.normalize(torch.randn(batch, patches, dim, generator=generator), dim=-1)
+    return token_features, sentence_index, patch_features
+
+
+def vectorised_step(heads: Heads, token_features, sentence_index, patch_features):
+    sentences, mask = sentence_features(token_features, sentence_index)
+    report = heads.pool(sentences, mask)
+    attention = heads.attention(patch_features, sentences, mask)
+    loss = simsiam_loss(patch_features, attention["text_to_patch"], heads.predictor)["local_image"]
+    text, _ = heads.clustering(sentences[mask], attention["image_to_sentence"][mask])
+    return loss + text["local_text"] + text["false_negative"] + report.square().mean()
+
+
+def loop_step(heads: Heads, token_features, sentence_index, patch_features):
+    """The original's structure: Python loops over samples and sentences, weights built from lists each step."""
+    reports = []
+    for b in range(token_features.shape[0]):                 # sentence gather, one torch.where per sentence
+        sentences, report_tokens = [], token_features[b]
+        for i in range(int(sentence_index[b].max())):
+            words = report_tokens[torch.where(sentence_index[b] == i + 1)[0]]
+            if words.shape[0]:
+                sentences.append(words.mean(dim=0, keepdim=True))
+        reports.append(torch.cat(sentences))
+    pool = heads.pool
+    pooled = []
+    for sentences in reports:                                 # report pooling, one attention call per report
+        x = torch.cat([sentences.mean(dim=0, keepdim=True), sentences])[:, None]
+        out, _ = F.multi_head_attention_forward(
+            x, x, x, x.shape[-1], pool.num_heads, None,
+            torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), None, None, False, 0.0,
+            pool.c_proj.weight, pool.c_proj.bias, need_weights=False, use_separate_proj_weight=True,
+            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight)
+        pooled.append(out[0])
+    attention, predictor = heads.attention, heads.predictor
+    scale = math.sqrt(patch_features.shape[-1])
+    image_loss, image_to_sentence = 0.0, []
+    for b, sentences in enumerate(reports):                   # cross-attention + SimSiam, one sample at a time
+        image = patch_features[b]
+        to_sentences = torch.sigmoid(attention.text_query(sentences) @ attention.image_key(image).T / scale)
+        image_to_sentence.append(to_sentences @ attention.image_value(image))
+        to_patches = torch.sigmoid(attention.image_query(image) @ attention.text_key(sentences).T / scale)
+        text_to_patch = to_patches @ attention.text_value(sentences)
+        image_loss = image_loss - 0.5 * (F.cosine_similarity(predictor(image), text_to_patch.detach(), dim=-1).mean()
+                                         + F.cosine_similarity(predictor(text_to_patch), image.detach(), dim=-1).mean())
+    z1 = F.normalize(torch.cat(reports), dim=-1)
+    z2 = F.normalize(torch.cat(image_to_sentence), dim=-1)
+    text_loss = _loop_cgns(heads.clustering, z1, z2)
+    return image_loss / len(reports) + text_loss + torch.cat(pooled).square().mean()
+
+
+def _loop_cgns(clustering, z1, z2):
+    """k-means update, hard negatives and margin loss as the original computes them (weights from Python lists)."""
+    n, k = z1.shape[0], clustering.num_clusters
+    cos = z1 @ z2.T
+    with torch.no_grad():
+        centroids = clustering.centroids
+        nearest = (z2 @ F.normalize(centroids, dim=-1).T).argmax(dim=1)
+        members = F.one_hot(nearest, k).T.float()                            # [K,N]
+        moved = members @ z2 + centroids * (members.sum(1, keepdim=True) == 0)
+        centroids.copy_(clustering.lr * moved + (1 - clustering.lr) * centroids)
+        similarity = z1 @ F.normalize(centroids, dim=-1).T
+        top2 = similarity.topk(2, dim=1).indices
+        hard = F.normalize(centroids[top2[:, 1]], dim=-1)
+        same = (F.one_hot(top2[:, 0], k).float() @ F.one_hot(top2[:, 0], k).float().T).fill_diagonal_(0)
+    hard_cos = z1 @ hard.T
+    weights = torch.tensor([[1.0] * n + [0.0] * i + [clustering.hard_negative_weight] + [0.0] * (n - i - 1)
+                            for i in range(n)])
+    loss = F.cross_entropy(torch.cat([cos, hard_cos], dim=1) * weights, torch.arange(n))
+    delta = (cos - cos.diag()[:, None]) * same
+    margin = (F.relu(delta + clustering.alpha) + F.relu(-delta - clustering.beta)).mean()
+    return loss + clustering.false_negative_weight * margin
+
+
+def _time(step, heads, inputs, warmup, repeats):
+    """Median wall-clock and CPU-time ms of forward + backward over `repeats` runs after `warmup` runs."""
+    wall, cpu = [], []
+    for run_index in range(warmup + repeats):
+        leaves = [t.clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        heads.zero_grad(set_to_none=True)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step(heads, *leaves).backward()
+        if run_index >= warmup:
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall) * 1000.0, statistics.median(cpu) * 1000.0
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows for `python -m cgns.bench`; quick = the tiny size only, fewer repeats (the loop side is slow)."""
+    torch.manual_seed(0)
+    rows = []
+    for name in (("tiny",) if quick else ("tiny", "base")):
+        size = SIZES[name]
+        inputs = make_inputs(64, size["patches"], size["dim"], size["tokens"])
+        heads = Heads(size["dim"])
+        heads.clustering.centroids.copy_(F.normalize(torch.randn(128, size["dim"]), dim=-1))
+        heads.clustering.started.fill_(True)                  # time the full CGNS path (hard negatives on)
+        ours, ours_cpu = _time(vectorised_step, heads, inputs, warmup=1, repeats=3 if quick else 5)
+        loop_runs = 1 if quick or name == "base" else 2
+        baseline, baseline_cpu = _time(loop_step, heads, inputs, warmup=0 if loop_runs == 1 else 1, repeats=loop_runs)
+        sentences = int(sentence_features(inputs[0], inputs[1])[1].sum())
+        rows.append({"section": "heads", "name": f"{name} fwd+bwd B=64 L={size['patches']} D={size['dim']}",
+                     "ours": round(ours, 1), "baseline": round(baseline, 1), "unit": "ms",
+                     "ratio": round(baseline / ours, 2),
+                     "note": f"{sentences} sentences; baseline = per-sample/per-sentence loops like the original; "
+                             f"CPU-time ratio {baseline_cpu / max(ours_cpu, 1e-9):.1f}x; "
+                             f"{torch.get_num_threads()} threads on a shared machine: timings noisy"})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick=True):
+        print(row)

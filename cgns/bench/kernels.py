@@ -1,0 +1,148 @@
+"""Benchmark: the compiled kernels of cgns.ops against their pure-torch formulations, and this machine's ceilings.
+
+Ceilings are measured here, in the same run: float32 GEMM GFLOP/s (torch.mm, 2048^3) and copy GB/s (copy_ of a
+256 MB tensor, read + write bytes). Each op is timed against the best pure-torch formulation of the same work
+(kmeans_assign: normalize + matmul + topk; gathers: torch.gather / F.unfold + gather and their autograd backward),
+interleaving the two and keeping the best of the repeats. Gathers write into preallocated outputs on both sides
+(`out=`) so the allocator's first-touch page faults, identical for both, do not hide the copy rate; their
+backwards allocate as torch's do. On CUDA (when built and present): kmeans_assign at N=262,144.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cgns.ops import reference
+from cgns.ops.extension import get_extension
+
+SECTION = "kernels"
+
+
+def best_pair(ours, baseline, reps, sync=lambda: None):
+    """Best-of-reps seconds of two callables, alternated so that load changes hit both alike."""
+    ours(), baseline()
+    sync()
+    best = [float("inf"), float("inf")]
+    for _ in range(reps):
+        for slot, fn in enumerate((ours, baseline)):
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[slot] = min(best[slot], time.perf_counter() - start)
+    return best
+
+
+def best_of(fn, reps):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def row(name, ours_s, base_s, note):
+    return dict(section=SECTION, name=name, ours=round(ours_s * 1e3, 3), baseline=round(base_s * 1e3, 3),
+                unit="ms", ratio=round(base_s / ours_s, 2), note=note)
+
+
+def ceilings(quick):
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    gemm = 2 * 2048 ** 3 / best_of(lambda: a @ b, 3 if quick else 8) / 1e9
+    src = torch.randn(64 * 2 ** 20)                       # 256 MB, far beyond any last-level cache
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() * 4 / best_of(lambda: dst.copy_(src), 3 if quick else 8) / 1e9
+    rows = [dict(section=SECTION, name="ceiling: float32 GEMM (torch.mm 2048^3)", ours=round(gemm, 1),
+                 baseline=None, unit="GFLOP/s", ratio=None, note=f"{torch.get_num_threads()} threads"),
+            dict(section=SECTION, name="ceiling: copy bandwidth (copy_ 256 MB)", ours=round(copy, 1),
+                 baseline=None, unit="GB/s", ratio=None, note="read + write bytes")]
+    return rows, gemm, copy
+
+
+def torch_assign(points, centroids):
+    """The best pure-torch formulation: normalise, one matmul, topk."""
+    return (F.normalize(points, dim=1) @ F.normalize(centroids, dim=1).T).topk(2, dim=1)
+
+
+def kmeans_rows(ext, quick, gemm):
+    gen = torch.Generator().manual_seed(0)
+    n, k, d = 4096, 128, 768
+    points, centroids = torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen)
+    reps = 5 if quick else 20
+    ours, base = best_pair(lambda: ext.kmeans_assign(points, centroids), lambda: torch_assign(points, centroids),
+                           reps)
+    rate = 2 * n * k * d / ours / 1e9
+    rows = [row(f"kmeans_assign N={n} K={k} D={d} fp32", ours, base,
+                f"{rate:.0f} GFLOP/s = {100 * rate / gemm:.0f}% of the GEMM ceiling; vs normalize+matmul+topk")]
+    index = torch.randint(0, k, (n,), generator=gen)
+    ours, base = best_pair(lambda: ext.kmeans_update(points, index, k),
+                           lambda: reference.reference_kmeans_update(points, index, k), reps)
+    rows.append(row(f"kmeans_update N={n} K={k} D={d} fp32", ours, base, "vs index_add_ + bincount"))
+    return rows
+
+
+def gather_rows(ext, quick, copy):
+    gen = torch.Generator().manual_seed(1)
+    batch, picked, reps = (64, 98, 3) if quick else (256, 98, 6)
+    tokens = torch.randn(batch, 196, 768, generator=gen)                  # 154 MB at batch 256
+    index = torch.argsort(torch.rand(batch, 196, generator=gen), dim=1)[:, :picked]
+    out = torch.empty(batch, picked, 768)
+    expand = index[:, :, None].expand(-1, -1, 768)
+    moved = 2 * out.numel() * 4
+    ours, base = best_pair(lambda: ext.masked_patch_gather_forward(tokens, index, out=out),
+                           lambda: torch.gather(tokens, 1, expand, out=out), reps)
+    rows = [row(f"masked_patch_gather fwd [{batch},196,768] M={picked}", ours, base,
+                f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; vs torch.gather")]
+    grad_out = torch.randn(batch, picked, 768, generator=gen)
+    leaf = tokens.clone().requires_grad_(True)
+    gathered = reference.reference_masked_patch_gather(leaf, index)
+    ours, base = best_pair(lambda: ext.masked_patch_gather_backward(grad_out, index, 196),
+                           lambda: torch.autograd.grad(gathered, leaf, grad_out, retain_graph=True), reps)
+    rows.append(row(f"masked_patch_gather bwd [{batch},196,768] M={picked}", ours, base,
+                    "scatter-add, zeroing fused; vs gather backward (zeros + scatter_add)"))
+
+    images = torch.randn(batch, 3, 224, 224, generator=gen)                # 154 MB at batch 256
+    out = torch.empty(batch, picked, 3 * 16 * 16)
+    expand = index[:, :, None].expand(-1, -1, 3 * 16 * 16)
+    ours, base = best_pair(lambda: ext.gather_patches_forward(images, 16, index, out=out),
+                           lambda: torch.gather(F.unfold(images, 16, stride=16).transpose(1, 2), 1, expand,
+                                                out=out), reps)
+    rows.append(row(f"gather_patches fwd [{batch},3,224,224] p=16 M={picked}", ours, base,
+                    f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; "
+                    f"vs F.unfold + gather"))
+    leaf = images.clone().requires_grad_(True)
+    gathered = reference.reference_gather_patches(leaf, 16, index)
+    ours, base = best_pair(lambda: ext.gather_patches_backward(grad_out, index, 16, 224, 224),
+                           lambda: torch.autograd.grad(gathered, leaf, grad_out, retain_graph=True), reps)
+    rows.append(row(f"gather_patches bwd [{batch},3,224,224] p=16 M={picked}", ours, base,
+                    "vs autograd of F.unfold + gather (fold)"))
+    return rows
+
+
+def cuda_rows(ext, quick):
+    if not (torch.cuda.is_available() and getattr(ext, "WITH_CUDA", False)):
+        return []
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    n, k, d = 262_144, 128, 768
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        points = torch.randn(n, d, generator=gen, device="cuda").to(dtype)
+        centroids = torch.randn(k, d, generator=gen, device="cuda").to(dtype)
+        ours, base = best_pair(lambda: ext.kmeans_assign(points, centroids), lambda: torch_assign(points, centroids),
+                               5 if quick else 20, sync=torch.cuda.synchronize)
+        rows.append(row(f"kmeans_assign CUDA N={n} K={k} D={d} {str(dtype)[6:]}", ours, base,
+                        f"{torch.cuda.get_device_name()}; vs normalize+matmul+topk"))
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    ext = get_extension()
+    rows, gemm, copy = ceilings(quick)
+    if ext is None:
+        rows.append(dict(section=SECTION, name="kernels", ours=None, baseline=None, unit="-", ratio=None,
+                         note="extension not built: run `python setup.py build_ext --inplace`"))
+        return rows
+    return rows + kmeans_rows(ext, quick, gemm) + gather_rows(ext, quick, copy) + cuda_rows(ext, quick)

@@ -1,0 +1,101 @@
+"""Atomic checkpoints, automatic resume, and refusal of a checkpoint written under another configuration.
+
+Layout: <output_dir>/checkpoints/{latest.pt, stage1_last.pt, stage1_best.pt, final.pt}.
+A checkpoint is a dict: model, config, optimizer, scaler, step, stage, epoch, args, rng (one state per rank),
+data (sampler position), tokenizer_dir, ... (see CONTRACTS: run directory).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.pt"
+FINAL = "final.pt"
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then os.replace: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    # make the rename itself durable
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint this project wrote; a clear error if it is missing or not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        # weights_only=False: the dict holds RNG states (numpy arrays, python tuples) besides tensors
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"checkpoint {path}: not a pretraining checkpoint (expected a dict with a 'model' key)")
+    return state
+
+
+def find_resume(output_dir: str | os.PathLike | None) -> Path | None:
+    """The checkpoint to resume from in output_dir (latest.pt), or None for a fresh run."""
+    if output_dir is None:
+        return None
+    latest = checkpoint_dir(output_dir) / LATEST
+    return latest if latest.is_file() else None
+
+
+def config_mismatches(saved: dict, current: dict, keys=None) -> list[str]:
+    """Names and values of the fields that differ, as 'field: checkpoint=X, now=Y' strings."""
+    names = sorted(set(saved) | set(current)) if keys is None else list(keys)
+    missing = object()
+    out = []
+    for name in names:
+        a, b = saved.get(name, missing), current.get(name, missing)
+        if a is missing and b is missing:
+            continue
+        if _normalise(a) != _normalise(b):
+            show = lambda v: "<absent>" if v is missing else repr(v)  # noqa: E731
+            out.append(f"{name}: checkpoint={show(a)}, now={show(b)}")
+    return out
+
+
+def _normalise(value):
+    # JSON round-trips turn tuples into lists; compare them as equal
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    return value
+
+
+def check_compatible(path, saved: dict, current: dict, what: str, keys=None) -> None:
+    """Refuse a checkpoint whose `what` (e.g. 'model config') differs, naming every mismatched field."""
+    problems = config_mismatches(saved, current, keys)
+    if problems:
+        raise ValueError(f"checkpoint {path} was written with a different {what}; refusing to load it. "
+                         f"Mismatched: " + "; ".join(problems)
+                         + ". Use another --output-dir, or the original settings.")

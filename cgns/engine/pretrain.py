@@ -1,0 +1,389 @@
+"""The two-stage CM-CGNS pretraining loop: hand-written DDP, accumulation, AMP, checkpoints, exact resume.
+
+Stage 1 trains losses 1-3, stage 2 adds CM-MIR (the model decides which terms a stage has: forward(batch, stage)).
+Each stage gets a fresh Adam and its own warm-up + cosine schedule; stage 2 starts from the end of stage 1 or from
+its best checkpoint (by validation loss), and the log says which.
+
+The model is any nn.Module with
+    forward(batch: dict, stage: int) -> (losses: dict name -> scalar tensor, stats: dict name -> tensor)
+    encode_image(images [B,3,S,S]) -> [B,D];  encode_text(input_ids, attention_mask, sentence_index) -> [B,D]
+whose stateful parts (k-means centroids) are buffers, so the state dict is the whole model state.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from cgns.engine import checkpoint as ckpt
+from cgns.engine.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
+                                     is_distributed, rng_state, set_rng_state)
+from cgns.engine.logging import RunLogger, Throughput
+from cgns.engine.schedule import lr_at, set_lr
+from cgns.eval.retrieval import chance_recall, evaluate_retrieval
+
+# run settings that must match for a resume to continue the same run (the model config is checked in full)
+RESUME_KEYS = ("seed", "batch_size", "accum_steps", "world_size", "stage1_epochs", "stage2_epochs", "lr",
+               "weight_decay", "warmup_epochs", "data_pct", "clip_grad", "amp", "stage2_init")
+
+
+@dataclass
+class LoopConfig:
+    """Everything the loop needs from the command line (train_pretrain.py fills it from its flags)."""
+    batch_size: int = 16                 # per process, per micro-batch
+    accum_steps: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 1.0
+    clip_grad: float = 0.0               # 0 = no clipping
+    amp: str = "none"                    # none | bf16 | fp16 (GPU only)
+    stage1_epochs: int = 10
+    stage2_epochs: int = 20
+    stage2_init: str = "last"            # last | best
+    save_every: int = 0                  # optimiser steps between latest.pt saves (0: only at epoch/stage ends)
+    log_every: int = 10
+    max_steps: int = 0                   # stop after this many optimiser steps in all (0: no limit); for tests
+    max_bad_steps: int = 5               # consecutive non-finite losses before the run stops
+    num_workers: int = 0
+    seed: int = 42
+    data_pct: float = 1.0
+    validate: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint. batch_in_epoch = micro-batches this rank consumed."""
+    stage: int = 1
+    epoch: int = 0
+    stage_step: int = 0
+    global_step: int = 0
+    batch_in_epoch: int = 0
+    best_val_loss: float = math.inf
+    bad_steps: int = 0
+    stage2_from: str = ""
+    history: list = field(default_factory=list)   # (stage, epoch, val metrics) per validation
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def move_to(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def total_loss(losses: dict) -> torch.Tensor:
+    """Sum of the named terms (each already carries its weight); a 'total' key, if present, is not re-added."""
+    return sum(v for k, v in losses.items() if k != "total")
+
+
+class Pretrainer:
+    """Owns model, DDP wrapper, optimiser, scaler, loaders and progress for one pretraining run."""
+
+    def __init__(self, model: torch.nn.Module, train_set, val_set, collate_fn, cfg: LoopConfig, info: DistInfo,
+                 output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None):
+        self.raw = model.to(info.device)
+        self.train_set, self.val_set, self.collate_fn = train_set, val_set, collate_fn
+        self.cfg, self.info, self.output_dir = cfg, info, output_dir
+        self.model_config = model_config
+        self.run_args = dict(run_args or {})
+        self.extra_state = dict(extra_state or {})
+        self.device = info.device
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # find_unused_parameters: the CM-MIR decoder exists in stage 1 but gets no gradient there
+        self.model = (DistributedDataParallel(self.raw, device_ids=[info.local_rank] if info.device.type == "cuda"
+                                              else None, find_unused_parameters=True)
+                      if is_distributed() else self.raw)
+        self.sampler = ResumableSampler(len(train_set), rank=info.rank, world_size=info.world_size, shuffle=True,
+                                        seed=cfg.seed, pad=True)
+        micro_per_epoch = len(self.sampler) // cfg.batch_size
+        self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"training split has {len(train_set)} pairs: too few for one optimiser step of "
+                             f"{cfg.batch_size} x {cfg.accum_steps} accumulation x {info.world_size} processes")
+        self.progress = Progress()
+        self.optimizer = self._new_optimizer()
+        self.logger = RunLogger(output_dir, info.is_main)
+        self.last_val: dict = {}
+        self._loss_sums: dict = {}
+        self._loss_count = 0
+        self._throughput = Throughput()
+
+    # ---------------------------------------------------------------- set-up pieces
+    def _amp_dtype(self):
+        if self.cfg.amp == "none":
+            return None
+        if self.device.type != "cuda":
+            raise ValueError(f"--amp {self.cfg.amp} needs a GPU; on {self.device.type} use --amp none")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.amp]
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _new_optimizer(self):
+        params = [p for p in self.raw.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def stage_epochs(self, stage: int) -> int:
+        return self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
+
+    def _loader(self, dataset, sampler, batch_size, drop_last):
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=self.collate_fn,
+            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            # its own generator, so creating an iterator never draws from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(self.cfg.seed + self.info.rank))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        rngs = [None] * self.info.world_size
+        if is_distributed():
+            torch.distributed.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        return {"model": self.raw.state_dict(), "config": self.model_config, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.progress.global_step, "stage": self.progress.stage,
+                "epoch": self.progress.epoch, "progress": asdict(self.progress), "loop": asdict(self.cfg),
+                "args": self.run_args, "rng": rngs, "world_size": self.info.world_size,
+                "data": {"epoch": self.progress.epoch, "batch_in_epoch": self.progress.batch_in_epoch,
+                         "seed": self.cfg.seed}, **self.extra_state}
+
+    def save(self, *names: str) -> None:
+        """Write the current state under checkpoints/<name> for each name (rank 0 writes, all ranks wait)."""
+        state = self.state_dict()  # collective: every rank takes part
+        if self.info.is_main and self.output_dir is not None:
+            for name in names:
+                ckpt.save_checkpoint(ckpt.checkpoint_dir(self.output_dir) / name, state)
+        barrier()
+
+    def resume(self, path) -> None:
+        """Continue exactly where the checkpoint left off; refuse one from another configuration."""
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        ckpt.check_compatible(path, state.get("config", {}), self.model_config, "model configuration")
+        current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
+                   if k in RESUME_KEYS}
+        saved = {**state.get("loop", {}), "world_size": state.get("world_size")}
+        ckpt.check_compatible(path, saved, current, "run configuration", keys=RESUME_KEYS)
+        self.raw.load_state_dict(state["model"], strict=True)
+        self.progress = Progress(**state["progress"])
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][self.info.rank])
+        self.logger.event(f"resumed from {path} at stage {self.progress.stage}, epoch {self.progress.epoch}, "
+                          f"step {self.progress.global_step} (batch {self.progress.batch_in_epoch} of the epoch)",
+                          step=self.progress.global_step, stage=self.progress.stage)
+
+    # ---------------------------------------------------------------- the run
+    def fit(self) -> dict:
+        """Run (or finish) both stages; returns the last validation metrics."""
+        p = self.progress
+        try:
+            while p.stage <= 2:
+                if p.epoch >= self.stage_epochs(p.stage) or self._stop():
+                    if self._stop():
+                        break
+                    self._end_stage()
+                    continue
+                self._train_epoch()
+                if self._stop() and p.batch_in_epoch:  # stopped mid-epoch (max_steps)
+                    self.save(ckpt.LATEST)
+                    break
+                self._end_epoch()
+        except BaseException:
+            self.logger.close()
+            raise
+        self.logger.close_bar()
+        if not self.last_val and self.cfg.validate:
+            self.last_val = self.validate()
+        self.logger.close()
+        return self.last_val
+
+    def _stop(self) -> bool:
+        return bool(self.cfg.max_steps) and self.progress.global_step >= self.cfg.max_steps
+
+    def _end_epoch(self) -> None:
+        p = self.progress
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        names = [ckpt.LATEST]
+        if self.cfg.validate:
+            self.last_val = self.validate()
+            p.history.append({"stage": p.stage, "epoch": p.epoch, **self.last_val})
+            if p.stage == 1 and self.last_val.get("val/loss/total", math.inf) < p.best_val_loss:
+                p.best_val_loss = self.last_val["val/loss/total"]
+                names.append("stage1_best.pt")
+        self.save(*names)
+
+    def _end_stage(self) -> None:
+        """Stage 1 -> 2 switch (fresh optimiser and schedule), or the end of the run after stage 2."""
+        p = self.progress
+        if p.stage == 2 or self.cfg.stage2_epochs == 0:
+            self.save(ckpt.LATEST, ckpt.FINAL)
+            p.stage = 3
+            return
+        self.save("stage1_last.pt")
+        source = "the end of stage 1 (stage1_last.pt)"
+        if self.cfg.stage2_init == "best":
+            best = None if self.output_dir is None else ckpt.checkpoint_dir(self.output_dir) / "stage1_best.pt"
+            if best is not None and best.is_file():
+                self.raw.load_state_dict(ckpt.load_checkpoint(best)["model"], strict=True)
+                source = f"the best stage-1 checkpoint ({best.name}, val/loss/total={p.best_val_loss:.4f})"
+            else:
+                source += " because no stage1_best.pt exists (no validation ran)"
+        p.stage, p.epoch, p.stage_step, p.batch_in_epoch, p.bad_steps = 2, 0, 0, 0, 0
+        p.stage2_from = source
+        self.optimizer = self._new_optimizer()
+        self.logger.event(f"stage 2 (adds CM-MIR) starts from {source}", step=p.global_step, stage=2)
+        self.save(ckpt.LATEST)
+
+    # ---------------------------------------------------------------- one epoch
+    def _train_epoch(self) -> None:
+        p, cfg = self.progress, self.cfg
+        micro_per_epoch = self.steps_per_epoch * cfg.accum_steps
+        self.sampler.set_epoch(p.epoch + 1000 * (p.stage - 1), start=p.batch_in_epoch * cfg.batch_size)
+        batches = iter(self._loader(self.train_set, self.sampler, cfg.batch_size, drop_last=True))
+        total_steps = self.steps_per_epoch * self.stage_epochs(p.stage)
+        warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        if cfg.progress_bar:
+            self.logger.start_bar(self.steps_per_epoch, p.batch_in_epoch // cfg.accum_steps,
+                                  f"stage {p.stage} epoch {p.epoch + 1}/{self.stage_epochs(p.stage)}")
+        self.raw.train()
+        self._throughput.reset()
+        while p.batch_in_epoch < micro_per_epoch and not self._stop():
+            lr = lr_at(p.stage_step, base_lr=cfg.lr, warmup_steps=warmup_steps, total_steps=total_steps)
+            set_lr(self.optimizer, lr)
+            stepped = self._optimizer_step([next(batches) for _ in range(cfg.accum_steps)])
+            p.batch_in_epoch += cfg.accum_steps
+            p.stage_step += 1
+            p.global_step += 1
+            self._after_step(stepped, lr)
+        self.logger.close_bar()
+
+    def _optimizer_step(self, micro_batches: list) -> bool:
+        """Forward/backward every micro-batch (gradients synchronised on the last only), then one update.
+
+        Returns False when a loss was NaN/inf on any rank: then no rank steps, the gradients are dropped.
+        """
+        finite = True
+        for i, batch in enumerate(micro_batches):
+            batch = move_to(batch, self.device)
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or self.model is self.raw else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    losses, stats = self.model(batch, stage=self.progress.stage)
+                    loss = total_loss(losses)
+                # every rank must agree to skip, or DDP's collectives would hang; costs one small sync per micro-step
+                ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+                if not bool(all_reduce_min(ok).item()):
+                    finite = False
+                    continue
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            self._accumulate(losses, loss, stats, batch)
+        if finite:
+            if self.cfg.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                self._grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return finite
+
+    def _accumulate(self, losses: dict, loss: torch.Tensor, stats: dict, batch: dict) -> None:
+        for name, value in {**losses, "total": loss}.items():
+            value = value.detach().float()
+            self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value
+        self._loss_count += 1
+        self._last_stats = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
+        self._throughput.add(int(batch["image"].shape[0]) * self.info.world_size)
+
+    def _after_step(self, stepped: bool, lr: float) -> None:
+        p, cfg = self.progress, self.cfg
+        if stepped:
+            p.bad_steps = 0
+        else:
+            p.bad_steps += 1
+            self.logger.event(f"step {p.global_step}: non-finite loss, update skipped "
+                              f"({p.bad_steps} in a row, limit {cfg.max_bad_steps})", step=p.global_step,
+                              stage=p.stage)
+            if p.bad_steps >= cfg.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"stopping: the loss was NaN/inf for {p.bad_steps} optimiser steps in a row (stage {p.stage}, "
+                    f"step {p.global_step}). Lower --lr, enable --clip-grad, or use --amp bf16 instead of fp16; "
+                    f"the last good state is in checkpoints/latest.pt")
+        if p.global_step % cfg.log_every == 0 or self._stop():
+            self._log_train(lr)
+        self.logger.advance(1)
+        if cfg.save_every and p.global_step % cfg.save_every == 0:
+            self.save(ckpt.LATEST)
+
+    def _log_train(self, lr: float) -> None:
+        """All-reduce the mean of each loss term since the last log step (the only host syncs of the loop)."""
+        if not self._loss_count:
+            return
+        names = sorted(self._loss_sums)
+        means = torch.stack([torch.as_tensor(self._loss_sums[n], device=self.device) for n in names])
+        means = all_reduce_sum(means) / (self._loss_count * self.info.world_size)
+        p = self.progress
+        record = {"kind": "train", "step": p.global_step, "stage": p.stage, "epoch": p.epoch, "lr": lr,
+                  "samples_per_s": self._throughput.rate()}
+        record.update({f"loss/{n}": v for n, v in zip(names, means.tolist())})
+        for name, value in getattr(self, "_last_stats", {}).items():  # rank 0's view of the last micro-batch
+            record[f"cgns/{name}"] = value
+        if getattr(self, "_grad_norm", None) is not None:
+            record["grad_norm"] = self._grad_norm
+        self.logger.write(record)
+        self.logger.advance(0, loss=record["loss/total"], lr=lr, samples_s=record["samples_per_s"])
+        self._loss_sums, self._loss_count = {}, 0
+        self._throughput.reset()
+
+    # ---------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss per term and retrieval R@1/5/10 on the validation split; leaves every RNG untouched."""
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        saved_rng = rng_state()
+        sampler = ResumableSampler(len(self.val_set), rank=self.info.rank, world_size=self.info.world_size,
+                                   shuffle=False, pad=True)
+        loader = self._loader(self.val_set, sampler, self.cfg.batch_size, drop_last=False)
+        self.raw.eval()
+        sums, count = {}, torch.zeros((), device=self.device)
+        for batch in loader:
+            batch = move_to(batch, self.device)
+            with self.autocast():
+                losses, _ = self.raw(batch, stage=min(self.progress.stage, 2))
+            n = batch["image"].shape[0]
+            for name, value in {**losses, "total": total_loss(losses)}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * n
+            count += n
+        names = sorted(sums)
+        values = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], device=self.device) for n in names]))
+        values = values / all_reduce_sum(count)
+        metrics = {f"val/loss/{n}": v for n, v in zip(names, values.tolist())}
+        retrieval = evaluate_retrieval(self.raw, loader, self.device, self.autocast)
+        metrics.update({f"retrieval/{k}": v for k, v in retrieval.items()})
+        chance = chance_recall(retrieval.get("num_pairs", 0))
+        metrics.update({f"retrieval/chance_{k}": v for k, v in chance.items()})
+        self.raw.train()
+        set_rng_state(saved_rng)
+        p = self.progress
+        self.logger.write({"kind": "val", "step": p.global_step, "stage": min(p.stage, 2), "epoch": p.epoch,
+                           **metrics})
+        if self.info.is_main:
+            summary = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items()
+                               if k in ("val/loss/total", "retrieval/i2t_R@1", "retrieval/t2i_R@1",
+                                        "retrieval/i2t_R@10"))
+            self.logger.event(f"validation stage {min(p.stage, 2)} epoch {p.epoch}: {summary}", step=p.global_step,
+                              stage=min(p.stage, 2))
+        return metrics

@@ -1,0 +1,198 @@
+"""Segmentation (SIIM pneumothorax, RSNA boxes-as-masks): encoder (frozen by default) + U-Net decoder.
+
+Protocol (DATASETS.md): loss 10 x focal (gamma 2) - log(soft Dice); metric Dice per image at threshold 0.5 with
+empty-vs-empty = 1, averaged over images; AdamW + cosine schedule; early stopping on validation Dice (ties broken by
+the lower validation loss); test with the best epoch's decoder. Training images are augmented by the data pipeline
+(segmentation augmentation of cgns.data.transforms, image and mask warped together).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, default_collate
+
+from cgns.engine.features import load_frozen_encoder
+from cgns.engine.schedule import lr_at, set_lr
+from cgns.eval.metrics import dice_per_image
+from cgns.models.unet import SegmentationModel, build_unet
+
+DATASETS = ("siim", "rsna")
+FOCAL_WEIGHT = 10.0
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean over pixels of (1 - p_t)^gamma * BCE. logits, target [B, 1, H, W]."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    # log(1 - p_t) = logsigmoid(-logit * sign), sign = +1 for positives, -1 for negatives (numerically stable)
+    log_one_minus_pt = F.logsigmoid(-logits * (2 * target - 1))
+    return (torch.exp(gamma * log_one_minus_pt) * bce).mean()
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the whole batch (as MGCA), in (0, 1]. logits, target [B, 1, H, W]."""
+    probs = torch.sigmoid(logits)
+    intersection = (probs * target).sum()
+    return (2 * intersection + smooth) / (probs.sum() + target.sum() + smooth)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> dict:
+    """{'focal', 'dice', 'total'} with total = 10 x focal - log(soft Dice)."""
+    focal, dice = focal_loss(logits, target), soft_dice(logits, target)
+    return {"focal": focal, "dice": dice, "total": FOCAL_WEIGHT * focal - torch.log(dice)}
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=default_collate, generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: SegmentationModel, loader: DataLoader, device: str = "cpu",
+                          keep: int = 0) -> tuple[dict, list]:
+    """Per-image Dice at 0.5 over a split, and up to `keep` (image, truth, prob) examples, positives first.
+
+    dice: mean over all images (the protocol's number); dice_positive / dice_negative: over images with / without
+    a mask (on negatives Dice is 1 for an empty prediction, else 0); empty_baseline: the score of predicting nothing
+    anywhere (= the share of negatives), the trivial floor to compare `dice` with.
+    """
+    model.eval()
+    dices, positive, losses, examples = [], [], [], []
+    for batch in loader:
+        images, masks = batch["image"].to(device), batch["mask"].to(device)
+        logits = model(images)
+        losses.append(float(segmentation_loss(logits, masks)["total"]) * images.shape[0])
+        probs = torch.sigmoid(logits)
+        dices.append(dice_per_image(probs, masks).cpu())
+        positive.append(masks.flatten(1).amax(dim=1).cpu() > 0)
+        for image, mask, prob in zip(images.cpu(), masks.cpu(), probs.cpu()):
+            examples.append((image, mask, prob))
+    dice, positive = torch.cat(dices), torch.cat(positive)
+
+    def mean_or_none(values: torch.Tensor):
+        return float(values.mean()) if values.numel() else None
+
+    metrics = {"dice": float(dice.mean()), "dice_positive": mean_or_none(dice[positive]),
+               "dice_negative": mean_or_none(dice[~positive]), "empty_baseline": float((~positive).float().mean()),
+               "loss": sum(losses) / len(dice), "num_images": int(dice.numel()),
+               "num_positive": int(positive.sum())}
+    examples.sort(key=lambda e: -float(e[1].sum() > 0))  # stable: positives first, then data order
+    return metrics, examples[:keep]
+
+
+def write_overlays(examples: list, out_dir: Path, prefix: str) -> list[Path]:
+    """One PNG per example: image | ground truth (green) | prediction at 0.5 (red), side by side."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, (image, mask, prob) in enumerate(examples):
+        grey = ((image[0].numpy() * 0.5 + 0.5).clip(0, 1) * 255).astype(np.uint8)  # undo mean .5 / std .5
+        rgb = np.stack([grey] * 3, axis=-1)
+        truth, pred = rgb.copy(), rgb.copy()
+        truth[mask[0].numpy() > 0.5] = (0.5 * truth[mask[0].numpy() > 0.5] + [0, 127, 0]).astype(np.uint8)
+        pred[prob[0].numpy() > 0.5] = (0.5 * pred[prob[0].numpy() > 0.5] + [127, 0, 0]).astype(np.uint8)
+        path = out_dir / f"{prefix}_{n}.png"
+        Image.fromarray(np.concatenate([rgb, truth, pred], axis=1)).save(path)
+        paths.append(path)
+    return paths
+
+
+def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, epochs: int, lr: float,
+                       weight_decay: float, patience: int, device: str = "cpu", log=print) -> dict:
+    """AdamW + cosine over `epochs`; keeps the best state on val Dice. Returns {best_epoch, epochs_run, val}."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total_steps = max(1, epochs * len(train_loader))
+    step, best, best_key, bad_epochs, epoch = 0, None, None, 0, -1
+    for epoch in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        for batch in train_loader:
+            set_lr(optimizer, lr_at(step, base_lr=lr, warmup_steps=0, total_steps=total_steps))
+            logits = model(batch["image"].to(device))
+            losses = segmentation_loss(logits, batch["mask"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            step += 1
+        val_metrics, _ = evaluate_segmentation(model, val_loader, device)
+        key = (val_metrics["dice"], -val_metrics["loss"])
+        if best_key is None or key > best_key:
+            best_key, bad_epochs = key, 0
+            trainable = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = {"state": trainable, "epoch": epoch, "val": val_metrics}
+        else:
+            bad_epochs += 1
+        log(f"  epoch {epoch:3d} loss {losses['total'].item():.4f} (focal {losses['focal'].item():.4f} "
+            f"dice {losses['dice'].item():.3f}) val_dice {val_metrics['dice']:.4f} "
+            f"({time.perf_counter() - start:.1f}s)")
+        if bad_epochs >= patience:
+            break
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "epochs_run": epoch + 1, "val": best["val"]}
+
+
+def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
+                     image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
+                     image_weights: Optional[os.PathLike] = None, random_init: bool = False,
+                     finetune: bool = False, data_pcts: Sequence[float] = (1.0,), seed: int = 42,
+                     epochs: int = 20, batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-6,
+                     patience: int = 5, decoder_width: str = "base", device: str = "cpu",
+                     output_dir: Optional[os.PathLike] = None, overlays: int = 4, num_workers: int = 0,
+                     log=print) -> dict:
+    """Train + evaluate for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
+    Writes <output_dir>/metrics.json (plus top-level val/test of the largest fraction) and overlay PNGs."""
+    from cgns.cli import resolve_data_root, write_metrics
+    from cgns.data.datasets import build
+    from cgns.engine.linear import pct_key
+
+    if dataset not in DATASETS:
+        raise ValueError(f"segmentation: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
+    root = resolve_data_root(dataset, data_root)
+    results, source = {}, None
+    for pct in data_pcts:
+        start = time.perf_counter()
+        # a fresh encoder per fraction: with --finetune the previous fraction would otherwise leak into the next
+        encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
+                                              image_weights=image_weights, random_init=random_init, seed=seed,
+                                              frozen=not finetune)
+        size = source["image_size"]
+        log(f"segmentation {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
+            f"({'fine-tuned' if finetune else 'frozen'})")
+        torch.manual_seed(seed)
+        model = SegmentationModel(encoder, build_unet(encoder, width=decoder_width), finetune=finetune).to(device)
+
+        def split(name: str, augment: bool, fraction: float = 1.0):
+            return build("segmentation", dataset, name, data_root=root, image_size=size, data_pct=fraction,
+                         seed=seed, augment=augment)
+
+        train_loader = _loader(split("train", True, pct), batch_size, True, seed, num_workers)
+        val_loader = _loader(split("valid", False), batch_size, False, seed, num_workers)
+        test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
+        summary = train_segmentation(model, train_loader, val_loader, epochs=epochs, lr=lr,
+                                     weight_decay=weight_decay, patience=patience, device=device, log=log)
+        test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays)
+        if output_dir is not None and overlays:
+            write_overlays(examples, Path(output_dir) / "overlays", f"test_pct{pct_key(pct)}")
+        results[pct_key(pct)] = {
+            "val": summary["val"], "test": test_metrics,
+            "train": {"num_images": len(train_loader.dataset), "best_epoch": summary["best_epoch"],
+                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)}}
+        log(f"segmentation {dataset} {pct_key(pct)}: val dice {summary['val']['dice']:.4f} "
+            f"test dice {test_metrics['dice']:.4f} (best epoch {summary['best_epoch']})")
+    if output_dir is not None:
+        largest = results[pct_key(max(data_pcts))]
+        write_metrics(output_dir, {**results, "val": largest["val"], "test": largest["test"], "encoder": source,
+                                   "dataset": dataset, "finetune": finetune, "primary_metric": "dice"})
+    return results
+
+
+def paper_row(dataset: str, results: dict, split: str = "test") -> str:
+    cells = [f"{100 * float(k):g}%: {100 * v[split]['dice']:.1f}" for k, v in results.items()
+             if isinstance(v, dict) and split in v]
+    return f"{dataset}  {split} dice (%)  " + " | ".join(cells)

@@ -1,0 +1,77 @@
+"""Image-to-text and text-to-image retrieval R@K over a split, with embeddings gathered across ranks."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from cgns.engine.distributed import all_gather_cat
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, ks=KS) -> dict:
+    """R@K both ways for N paired, L2-normalised embeddings (row i of each is one pair).
+
+    image_emb, text_emb: [N, D]. A query counts as a hit at K when fewer than K candidates score STRICTLY higher
+    than its own pair, so duplicates of the same report (same embedding) do not hurt each other.
+    Returns {"i2t_R@K": float in [0,1], "t2i_R@K": ...}.
+    """
+    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
+        raise ValueError(f"recall_at_k: expected two [N, D] tensors of equal shape, got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    sim = image_emb.float() @ text_emb.float().T  # [N images, N texts]
+    true = sim.diagonal()  # [N]
+    # rank of the true pair = number of candidates strictly better
+    i2t_rank = (sim > true[:, None]).sum(dim=1)  # over texts, per image
+    t2i_rank = (sim > true[None, :]).sum(dim=0)  # over images, per text
+    out = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = (i2t_rank < k).float().mean().item()
+        out[f"t2i_R@{k}"] = (t2i_rank < k).float().mean().item()
+    return out
+
+
+def chance_recall(n: int, ks=KS) -> dict:
+    """Expected R@K of a random ranking over n candidates."""
+    return {f"R@{k}": min(1.0, k / n) if n else 0.0 for k in ks}
+
+
+@torch.no_grad()
+def embed_split(model, loader, device, autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image_emb [N,D], text_emb [N,D]) of every item of the loader's dataset, all ranks gathered, row order =
+    dataset 'index'. `model` is the UNWRAPPED model (encode_image / encode_text). Duplicate indices (a padded
+    distributed sampler) are dropped."""
+    images, texts, indices = [], [], []
+    for batch in loader:
+        with autocast():
+            image = model.encode_image(batch["image"].to(device, non_blocking=True))
+            text = model.encode_text(batch["input_ids"].to(device, non_blocking=True),
+                                     batch["attention_mask"].to(device, non_blocking=True),
+                                     batch["sentence_index"].to(device, non_blocking=True))
+        images.append(image.float())
+        texts.append(text.float())
+        indices.append(torch.as_tensor(batch["index"], device=device).long())
+    dim = images[0].shape[1] if images else 1
+    image = torch.cat(images) if images else torch.zeros(0, dim, device=device)
+    text = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
+    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    image, text, index = all_gather_cat(image), all_gather_cat(text), all_gather_cat(index)
+    order = torch.argsort(index, stable=True)
+    index, image, text = index[order], image[order], text[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return image[keep].cpu(), text[keep].cpu()
+
+
+def evaluate_retrieval(model, loader, device, autocast=contextlib.nullcontext, ks=KS) -> dict:
+    """{"i2t_R@1", ..., "t2i_R@10", "num_pairs"} over the loader's split (every rank gets the same answer)."""
+    was_training = model.training
+    model.eval()
+    try:
+        image, text = embed_split(model, loader, device, autocast)
+    finally:
+        model.train(was_training)
+    metrics = recall_at_k(image, text, ks) if len(image) else {}
+    metrics["num_pairs"] = int(len(image))
+    return metrics

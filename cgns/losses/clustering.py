@@ -1,0 +1,161 @@
+"""Loss 3 with CGNS: cross-modal k-means over sentence features gives each sentence a hard negative (its
+second-nearest centroid) and flags false negatives (other sentences of its cluster).
+
+The centroids are a buffer: saved in the state dict, updated only in training, from sums and counts all-reduced
+over the ranks so every rank holds the same values, and never touched by the optimiser.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cgns.losses.distributed import all_reduce_sum, gather_rows, global_mean, is_distributed
+from cgns.losses.local_alignment import sentence_logits
+from cgns.ops import kmeans_assign, kmeans_update, momentum_update
+
+
+def hard_negative_weights(labels: torch.Tensor, num_columns: int, hard_negative_weight: float, dtype) -> torch.Tensor:
+    """[n, 2N]: 1 on the N in-batch columns, hard_negative_weight on the anchor's own appended column, 0 elsewhere.
+
+    labels long[n] = the column of each anchor's own pair; built in one shot (the original built it from Python
+    lists every step).
+    """
+    own = F.one_hot(labels, num_columns).to(dtype)                                 # [n,N]
+    return torch.cat([torch.ones_like(own), hard_negative_weight * own], dim=1)
+
+
+def weighted_logits(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, labels: torch.Tensor,
+                    hard_negative_weight: float, mode: str) -> torch.Tensor:
+    """logits [n,N] (cosines), hard_negative_cosine [n] -> [n,2N] logits with the hard negatives appended.
+
+    Appended column j of row i holds cos(z1_i, hard negative of i) when j is i's own column, else 0 (the original
+    computes every cos(z1_i, hn_j) and then weighs all but its own by 0). mode 'multiply' multiplies by the
+    weights (the original); 'add' adds their logarithm (ClusterNS), which drops the zero-weight columns entirely.
+    """
+    own = F.one_hot(labels, logits.shape[1]).to(logits.dtype)                      # [n,N]
+    extended = torch.cat([logits, own * hard_negative_cosine[:, None]], dim=1)     # [n,2N]
+    weights = hard_negative_weights(labels, logits.shape[1], hard_negative_weight, logits.dtype)
+    if mode == "multiply":
+        return extended * weights
+    if mode == "add":
+        return extended + weights.log()                                            # log 0 = -inf: column dropped
+    raise ValueError(f"hard-negative weighting must be 'multiply' or 'add', got {mode!r}")
+
+
+def margin_loss(delta: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Bidirectional margin: pushes -beta <= delta <= -alpha, delta = cos(i, j) - cos(i, i)."""
+    return F.relu(delta + alpha) + F.relu(-delta - beta)
+
+
+@torch.no_grad()
+def greedy_chain(points: torch.Tensor, num_clusters: int, first: int) -> torch.Tensor:
+    """Indices of num_clusters points: start at `first`, then each next one is the point least similar to the
+    previous pick among those not picked yet. points [N,D] (N >= num_clusters) -> long[num_clusters]."""
+    unit = F.normalize(points, dim=-1)
+    similarity = unit @ unit.T                                                     # [N,N]
+    chosen = torch.empty(num_clusters, dtype=torch.long, device=points.device)
+    last = torch.tensor([first], device=points.device)
+    chosen[0] = last[0]
+    for i in range(1, num_clusters):  # inherently sequential; runs once, kept on device (no host syncs)
+        similarity.index_fill_(1, last, float("inf"))                             # never pick it again
+        last = similarity.index_select(0, last).argmin(dim=1)                     # [1]
+        chosen[i] = last[0]
+    return chosen
+
+
+class ClusterNegativeSampler(nn.Module):
+    """forward(sentences [n,D], image_to_sentence [n,D]) -> (losses, stats).
+
+    losses: 'local_text' (cross-entropy over z1 x z2 cosines, plus the hard-negative columns once k-means has
+    started) and 'false_negative' (weighted margin loss over same-cluster pairs; 0 before the start).
+    stats (tensors, detached): kmeans_started, kmeans_started_step, mean_cosine, hard_negative_sim,
+    false_negative_pairs, cluster_sizes [K].
+    """
+
+    def __init__(self, dim: int, num_clusters: int = 128, lr: float = 1e-3, mode: str = "sum",
+                 start_cosine: float = 0.4, hard_negative_weight: float = 3.0, weighting: str = "multiply",
+                 alpha: float = 0.2, beta: float = 0.5, false_negative_weight: float = 1e-4,
+                 temperature: float = 1.0, seed: int = 0):
+        super().__init__()
+        if num_clusters < 2:
+            raise ValueError(f"CGNS needs at least 2 clusters (nearest and second-nearest), got {num_clusters}")
+        if mode not in ("sum", "mean") or weighting not in ("multiply", "add"):
+            raise ValueError(f"k-means mode must be sum|mean and weighting multiply|add, got {mode!r}, {weighting!r}")
+        self.num_clusters, self.lr, self.mode = num_clusters, lr, mode
+        self.start_cosine, self.hard_negative_weight, self.weighting = start_cosine, hard_negative_weight, weighting
+        self.alpha, self.beta, self.false_negative_weight = alpha, beta, false_negative_weight
+        self.temperature, self.seed = temperature, seed
+        self.register_buffer("centroids", torch.zeros(num_clusters, dim))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("started_step", torch.full((), -1, dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def initialise(self, points_all: torch.Tensor) -> None:
+        """Greedy-chain initialisation from every rank's z2 (identical on all ranks, so no broadcast needed)."""
+        # The first pick is random but seeded by the step, so every rank (and a resumed run) picks the same one.
+        generator = torch.Generator().manual_seed(self.seed + int(self.step))
+        first = int(torch.randint(points_all.shape[0], (1,), generator=generator))
+        chosen = greedy_chain(points_all.to(self.centroids.dtype), self.num_clusters, first)
+        self.centroids.copy_(F.normalize(points_all[chosen].to(self.centroids.dtype), dim=-1))
+        self.started.fill_(True)
+        self.started_step.copy_(self.step)
+
+    @torch.no_grad()
+    def update(self, points: torch.Tensor) -> torch.Tensor:
+        """One momentum step from this rank's z2 [n,D] (detached); sums and counts are all-reduced first.
+        Returns the global cluster sizes long[K]."""
+        points = points.to(self.centroids.dtype)
+        nearest = kmeans_assign(points, self.centroids)[0][:, 0]
+        sums, counts = kmeans_update(points, nearest, self.num_clusters)
+        sums, counts = all_reduce_sum(sums), all_reduce_sum(counts)
+        self.centroids.copy_(momentum_update(self.centroids, sums, counts, lr=self.lr, mode=self.mode))
+        return counts
+
+    def forward(self, sentences: torch.Tensor, image_to_sentence: torch.Tensor):
+        z1, z2_all, logits, labels = sentence_logits(sentences, image_to_sentence, self.temperature)
+        n, device = z1.shape[0], z1.device
+        # Mean of the whole (global) cosine matrix: decides when k-means starts, identically on every rank.
+        cosine_sum = all_reduce_sum(torch.stack([logits.detach().float().sum() * self.temperature,
+                                                 torch.tensor(float(logits.numel()), device=device)]))
+        mean_cosine = cosine_sum[0] / cosine_sum[1]
+        cluster_sizes = torch.zeros(self.num_clusters, dtype=torch.long, device=device)
+        use_hard_negatives = bool(self.started)
+        if self.training:
+            if not use_hard_negatives:
+                if z2_all.shape[0] >= self.num_clusters and bool(mean_cosine <= self.start_cosine):
+                    self.initialise(z2_all.detach())
+            else:
+                cluster_sizes = self.update(F.normalize(image_to_sentence.detach(), dim=-1))
+            self.step += 1
+
+        stats = {"kmeans_started": self.started.float(), "kmeans_started_step": self.started_step.clone(),
+                 "mean_cosine": mean_cosine, "cluster_sizes": cluster_sizes}
+        if not use_hard_negatives:
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            stats.update(hard_negative_sim=torch.zeros((), device=device),
+                         false_negative_pairs=torch.zeros((), device=device))
+            return {"local_text": global_mean(loss, n), "false_negative": torch.zeros((), device=device)}, stats
+
+        assignment = kmeans_assign(z1.detach().to(self.centroids.dtype), self.centroids)[0]   # [n,2]
+        # Centroids are not unit vectors (the 'sum' update grows them): compare by cosine, as the assignment does.
+        hard_negative = F.normalize(self.centroids[assignment[:, 1]], dim=-1)                # [n,D], no gradient
+        hard_negative_cosine = (z1 * hard_negative.to(z1.dtype)).sum(dim=-1)                 # [n]
+        extended = weighted_logits(logits, hard_negative_cosine / self.temperature, labels,
+                                   self.hard_negative_weight, self.weighting)                # [n,2N]
+        loss = F.cross_entropy(extended, labels, reduction="sum")
+
+        # False negatives: pairs whose z1 share the nearest centroid, the anchor's own pair excluded.
+        cluster = assignment[:, 0]
+        cluster_all, _ = gather_rows(cluster, with_grad=False)                               # [N]
+        own = F.one_hot(labels, logits.shape[1]).bool()
+        same_cluster = (cluster[:, None] == cluster_all[None, :]) & ~own                     # [n,N]
+        delta = logits - logits.gather(1, labels[:, None])                                   # cos(i,j) - cos(i,i)
+        flagged = same_cluster.to(logits.dtype)
+        margin = (margin_loss(delta, self.alpha, self.beta) * flagged).sum()
+        pairs = flagged.sum()
+        false_negative = self.false_negative_weight * global_mean(margin, pairs)
+        stats.update(hard_negative_sim=hard_negative_cosine.detach().mean(),
+                     false_negative_pairs=all_reduce_sum(pairs.detach()) if is_distributed() else pairs.detach())
+        return {"local_text": global_mean(loss, n), "false_negative": false_negative}, stats

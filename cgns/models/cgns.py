@@ -1,0 +1,268 @@
+"""The CM-CGNS pretraining model: encoders, projections, sentence pooling, sigmoid cross-attention, and the wiring of
+the four losses (global InfoNCE, local SimSiam, local text with CGNS, CM-MIR reconstruction in stage 2).
+
+Everything between the encoders and the losses is vectorised over the batch: sentences are segment means computed
+with a one-hot matrix product, padded to the longest report and carried with a mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cgns.losses.clustering import ClusterNegativeSampler
+from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
+from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
+from cgns.losses.reconstruction import reconstruction_loss
+from cgns.models.decoders import build_decoder
+from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_encoder, load_backbone_weights,
+                                  unwrap_state_dict)
+from cgns.models.text import TextEncoder
+
+
+@dataclass
+class CGNSConfig:
+    # image side
+    image_encoder: str = "vit_base"
+    image_size: int = 224
+    image_weights: str | None = None         # timm / torchvision state dict loaded at construction (strict)
+    # text side: a local BERT folder, or a random BERT of the sizes below
+    text_encoder: str | None = None
+    text_vocab_size: int = 30522
+    text_hidden_size: int = 768
+    text_num_layers: int = 12
+    text_num_heads: int = 12
+    text_max_positions: int = 512
+    pad_token_id: int = 0
+    max_length: int = 256                    # tokens per report (kept here so checkpoints record it)
+    tokenizer_dir: str | None = None
+    # shared space and heads
+    embed_dim: int = 768
+    pool_heads: int = 8
+    temperature: float = 0.1                 # global InfoNCE, learnable (logit scale initialised at 1/temperature)
+    local_temperature: float = 1.0
+    # CGNS
+    num_clusters: int = 128
+    kmeans_lr: float = 1e-3
+    kmeans_mode: str = "sum"                 # 'sum' (the original) | 'mean'
+    kmeans_start_cosine: float = 0.4
+    hard_negative_weight: float = 3.0
+    hard_negative_mode: str = "multiply"     # 'multiply' (the original) | 'add' (log-weights, ClusterNS)
+    false_negative_alpha: float = 0.2
+    false_negative_beta: float = 0.5
+    false_negative_weight: float = 1e-4
+    kmeans_seed: int = 0
+    # CM-MIR
+    mir_drop: float = 0.5
+    mir_weight: float = 10.0
+    decoder_layers: int = 6
+    decoder_heads: int = 8
+    decoder_feedforward: int = 2048
+    # ablations
+    use_cgns: bool = True
+    use_mir: bool = True
+    use_local: bool = True
+
+    def __post_init__(self):
+        if self.image_encoder not in ENCODER_NAMES:
+            raise ValueError(f"image_encoder must be one of {ENCODER_NAMES}, got {self.image_encoder!r}")
+        if self.kmeans_mode not in ("sum", "mean"):
+            raise ValueError(f"kmeans_mode must be 'sum' or 'mean', got {self.kmeans_mode!r}")
+        if self.hard_negative_mode not in ("multiply", "add"):
+            raise ValueError(f"hard_negative_mode must be 'multiply' or 'add', got {self.hard_negative_mode!r}")
+        if self.use_cgns and not self.use_local:
+            raise ValueError("use_cgns needs use_local (CGNS acts on the local text loss)")
+        if not 0 <= self.mir_drop < 1:
+            raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CGNSConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown CGNSConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def demo(cls, vocab_size: int, **overrides) -> "CGNSConfig":
+        """The tiny configuration the 2-core CPU demo trains: ViT-Tiny at 128 px (64 patches, 192-d), a 2-layer
+        192-d BERT, a 192-d shared space, 16 clusters, a 2-layer CM-MIR decoder."""
+        values = dict(image_encoder="vit_tiny", image_size=128, text_vocab_size=vocab_size, text_hidden_size=192,
+                      text_num_layers=2, text_num_heads=4, max_length=128, embed_dim=192, pool_heads=8,
+                      num_clusters=16, decoder_layers=2, decoder_heads=4, decoder_feedforward=384)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def base(cls, text_encoder: str | None = None, **overrides) -> "CGNSConfig":
+        """The paper's configuration: ViT-B/16 at 224 px, BERT-base (e.g. Bio_ClinicalBERT), 768-d, k=128."""
+        return cls(image_encoder="vit_base", image_size=224, text_encoder=text_encoder, **overrides)
+
+
+def sentence_features(tokens: torch.Tensor, sentence_index: torch.Tensor):
+    """Per-sentence means of token features, for the whole batch at once.
+
+    tokens [B,T,D], sentence_index long[B,T] (0 = not in a sentence, i+1 = sentence i) ->
+    (sentences [B,S,D] with S the largest sentence number, mask bool[B,S] True where the sentence has tokens).
+    """
+    num_sentences = int(sentence_index.max())                       # a shape, so one host sync
+    membership = F.one_hot(sentence_index, num_sentences + 1)[..., 1:].to(tokens.dtype)   # [B,T,S]
+    sums = membership.transpose(1, 2) @ tokens                      # [B,S,D]
+    counts = membership.sum(dim=1)                                  # [B,S]
+    return sums / counts.clamp(min=1.0)[..., None], counts > 0
+
+
+class SigmoidCrossAttention(nn.Module):
+    """Single-head cross-attention between a sample's patches and its sentences, sigmoid instead of softmax.
+
+    Separate query/key/value projections per modality, scores scaled by sqrt(D), padding sentences masked out.
+    forward(patches [B,L,D], sentences [B,S,D], sentence_mask bool[B,S]) -> dict(
+        text_to_patch [B,L,D] (one text-to-image vector per patch),
+        image_to_sentence [B,S,D] (one image-to-text vector per sentence; padding rows are meaningless),
+        patch_attention [B,L,S], sentence_attention [B,S,L]).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(dim)
+        self.image_query, self.image_key, self.image_value = (nn.Linear(dim, dim) for _ in range(3))
+        self.text_query, self.text_key, self.text_value = (nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, patches, sentences, sentence_mask):
+        real = sentence_mask.to(patches.dtype)                                                   # [B,S]
+        patch_scores = self.image_query(patches) @ self.text_key(sentences).transpose(1, 2)     # [B,L,S]
+        # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
+        patch_attention = torch.sigmoid(patch_scores * self.scale) * real[:, None, :]
+        sentence_scores = self.text_query(sentences) @ self.image_key(patches).transpose(1, 2)  # [B,S,L]
+        sentence_attention = torch.sigmoid(sentence_scores * self.scale)
+        return {"text_to_patch": patch_attention @ self.text_value(sentences),                  # [B,L,D]
+                "image_to_sentence": sentence_attention @ self.image_value(patches),            # [B,S,D]
+                "patch_attention": patch_attention, "sentence_attention": sentence_attention}
+
+
+class CGNSModel(nn.Module):
+    """forward(batch, stage) -> (losses: name -> scalar, stats: name -> detached tensor).
+
+    batch: image [B,3,S,S] in [-1,1], input_ids / attention_mask / sentence_index long[B,T] (optional 'index').
+    Loss names: global, local_image, local_text, false_negative (CGNS), reconstruction (stage 2); the engine sums
+    them. Every sample must have at least one sentence (a ValueError names the offending samples otherwise).
+    """
+
+    def __init__(self, config: CGNSConfig):
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.image_encoder = build_image_encoder(config.image_encoder, config.image_size)
+        if config.image_weights:
+            loaded = torch.load(config.image_weights, map_location="cpu", weights_only=True)
+            load_backbone_weights(self.image_encoder, unwrap_state_dict(loaded, config.image_weights),
+                                  config.image_weights)
+        self.text_encoder = TextEncoder(config.text_encoder, config.text_vocab_size, config.text_hidden_size,
+                                        config.text_num_layers, config.text_num_heads, config.text_max_positions,
+                                        config.pad_token_id)
+        self.global_image_projection = nn.Linear(self.image_encoder.global_dim, dim)
+        self.local_image_projection = nn.Linear(self.image_encoder.local_dim, dim)
+        self.local_text_projection = nn.Linear(self.text_encoder.hidden_size, dim)
+        for projection in (self.global_image_projection, self.local_image_projection, self.local_text_projection):
+            nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
+        self.report_pool = AttentionPool(dim, config.pool_heads)
+        self.log_logit_scale = nn.Parameter(torch.tensor(initial_log_logit_scale(config.temperature)))
+        if config.use_local or config.use_mir:
+            self.cross_attention = SigmoidCrossAttention(dim)
+        if config.use_local:
+            self.predictor = Predictor(dim)
+        if config.use_cgns:
+            self.clustering = ClusterNegativeSampler(
+                dim, config.num_clusters, config.kmeans_lr, config.kmeans_mode, config.kmeans_start_cosine,
+                config.hard_negative_weight, config.hard_negative_mode, config.false_negative_alpha,
+                config.false_negative_beta, config.false_negative_weight, config.local_temperature,
+                config.kmeans_seed)
+        if config.use_mir:
+            self.decoder = build_decoder(config.image_encoder, dim, self.image_encoder.grid,
+                                         self.image_encoder.patch_stride, num_layers=config.decoder_layers,
+                                         num_heads=config.decoder_heads, feedforward=config.decoder_feedforward,
+                                         drop=config.mir_drop)
+
+    # ---- encoders -----------------------------------------------------------------------------------------
+    def image_features(self, images):
+        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised."""
+        features = self.image_encoder(images)
+        return (F.normalize(self.global_image_projection(features["global"]), dim=-1),
+                F.normalize(self.local_image_projection(features["local"]), dim=-1))
+
+    def text_features(self, input_ids, attention_mask, sentence_index, sample_ids=None):
+        """-> (report [B,D] L2-normalised, sentences [B,S,D], sentence_mask bool[B,S])."""
+        if sentence_index.shape != input_ids.shape:
+            raise ValueError(f"sentence_index {tuple(sentence_index.shape)} must match input_ids "
+                             f"{tuple(input_ids.shape)}")
+        tokens = F.normalize(self.local_text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1)
+        sentences, sentence_mask = sentence_features(tokens, sentence_index)
+        has_sentence = sentence_mask.any(dim=1) if sentence_mask.shape[1] else sentence_mask.new_zeros(len(tokens))
+        if not bool(has_sentence.all()):
+            empty = (~has_sentence).nonzero()[:, 0].tolist()
+            names = [int(sample_ids[i]) for i in empty] if sample_ids is not None else empty
+            raise ValueError(f"report(s) without any sentence in this batch (sentence_index all 0) at "
+                             f"{'dataset index' if sample_ids is not None else 'batch position'} {names}; "
+                             f"such studies must be filtered out before training")
+        report = F.normalize(self.report_pool(sentences, sentence_mask), dim=-1)
+        return report, sentences, sentence_mask
+
+    def encode_image(self, images):
+        """images [B,3,S,S] -> global image vectors [B,D], L2-normalised."""
+        return self.image_features(images)[0]
+
+    def encode_text(self, input_ids, attention_mask, sentence_index):
+        """token ids / mask / sentence index long[B,T] -> report vectors [B,D], L2-normalised."""
+        return self.text_features(input_ids, attention_mask, sentence_index)[0]
+
+    @torch.no_grad()
+    def local_attention(self, batch):
+        """Per-sentence attention over the patches, for the visual report.
+
+        -> dict(maps [B,S,h,w] (sigmoid weights in [0,1], sentence queries patches), sentence_mask bool[B,S]).
+        """
+        if not hasattr(self, "cross_attention"):
+            raise RuntimeError("this model was built without local alignment or CM-MIR (no cross-attention)")
+        _, patches = self.image_features(batch["image"])
+        _, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
+                                                         batch["sentence_index"], batch.get("index"))
+        attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]   # [B,S,L]
+        return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
+                "sentence_mask": sentence_mask}
+
+    # ---- training objective ---------------------------------------------------------------------------------
+    def forward(self, batch, stage: int = 1):
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        config = self.config
+        images = batch["image"]
+        image_global, patches = self.image_features(images)
+        report, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
+                                                              batch["sentence_index"], batch.get("index"))
+        losses = global_contrastive_loss(image_global, report, self.log_logit_scale)
+        stats = {"logit_scale": self.log_logit_scale.detach().exp(),
+                 "sentences_per_report": sentence_mask.sum(dim=1).float().mean()}
+        reconstruct = stage == 2 and config.use_mir
+        if config.use_local or reconstruct:
+            attention = self.cross_attention(patches, sentences, sentence_mask)
+        if config.use_local:
+            losses.update(simsiam_loss(patches, attention["text_to_patch"], self.predictor))
+            # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
+            z1, z2 = sentences[sentence_mask], attention["image_to_sentence"][sentence_mask]
+            if config.use_cgns:
+                text_losses, cgns_stats = self.clustering(z1, z2)
+                stats.update(cgns_stats)
+            else:
+                text_losses = sentence_contrastive_loss(z1, z2, config.local_temperature)
+            losses.update(text_losses)
+        if reconstruct:
+            reconstruction = self.decoder(patches, attention["text_to_patch"])
+            losses.update(reconstruction_loss(reconstruction, images, config.mir_weight))
+        return losses, stats

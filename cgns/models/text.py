@@ -1,0 +1,38 @@
+"""The report encoder: a transformers BertModel, pretrained from a local folder or small and random for the demo."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+from transformers import BertConfig, BertModel
+
+
+class TextEncoder(nn.Module):
+    """forward(input_ids long[B,T], attention_mask long[B,T]) -> last_hidden_state [B,T,hidden_size].
+
+    path: a local BERT folder (config.json + weights, e.g. Bio_ClinicalBERT); None builds a random BERT with the
+    given vocabulary and size (the demo configuration). No pooler: only the token states are used.
+    """
+
+    def __init__(self, path: str | None = None, vocab_size: int = 30522, hidden_size: int = 256,
+                 num_layers: int = 2, num_heads: int = 4, max_positions: int = 512, pad_token_id: int = 0):
+        super().__init__()
+        if path is not None:
+            folder = Path(path)
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"text encoder folder {folder} has no config.json (expected a local BERT "
+                                        f"folder such as Bio_ClinicalBERT)")
+            self.bert = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
+        else:
+            config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                                num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
+                                max_position_embeddings=max_positions, pad_token_id=pad_token_id)
+            self.bert = BertModel(config, add_pooling_layer=False)
+        self.hidden_size = self.bert.config.hidden_size
+        self.vocab_size = self.bert.config.vocab_size
+
+    def forward(self, input_ids, attention_mask):
+        if int(input_ids.max()) >= self.vocab_size:  # a clear error instead of an index error deep in BERT
+            raise ValueError(f"token id {int(input_ids.max())} is outside the text encoder's vocabulary "
+                             f"({self.vocab_size}); build the model with the tokenizer's vocabulary size")
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

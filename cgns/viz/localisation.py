@@ -1,0 +1,116 @@
+"""Does a sentence's text-to-patch attention peak where the generator drew the finding it names?
+
+The score of one sentence is the probability that its attention map's peak patch has its centre inside the
+finding's box, ties broken uniformly at random (so a flat map scores the fraction of patch centres in the box,
+i.e. about chance, instead of always picking the top-left patch). Chance = box area / image area.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def peak_in_box(attention: torch.Tensor, box, image_size: tuple[int, int] | int) -> float:
+    """Probability in [0, 1] that the peak of `attention` lies inside `box`.
+
+    attention: [h, w] map over the patch grid (any non-negative or signed scores; only the arg-max matters).
+    box: (x1, y1, x2, y2) in pixels of the model input image of size image_size = (H, W) (or an int for square).
+    """
+    if attention.dim() != 2:
+        raise ValueError(f"attention must be a [h, w] map over the patch grid, got shape {tuple(attention.shape)}")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    grid_h, grid_w = attention.shape
+    attention = attention.detach().float()
+    # ties: every patch within float tolerance of the maximum counts as a peak
+    peaks = attention >= attention.max() - 1e-6 * attention.abs().max().clamp_min(1e-12)
+    centre_y = (torch.arange(grid_h, dtype=torch.float32) + 0.5) * (height / grid_h)  # [h] pixels
+    centre_x = (torch.arange(grid_w, dtype=torch.float32) + 0.5) * (width / grid_w)  # [w] pixels
+    x1, y1, x2, y2 = (float(v) for v in box)
+    inside = ((centre_y >= y1) & (centre_y < y2))[:, None] & ((centre_x >= x1) & (centre_x < x2))[None, :]
+    return float((peaks & inside).sum()) / float(peaks.sum())
+
+
+def box_area_fraction(box, image_size: tuple[int, int] | int) -> float:
+    """Area of `box` clipped to the image, divided by the image area: the chance that a random pixel falls in it."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x1, y1, x2, y2 = (float(v) for v in box)
+    clipped_w = max(0.0, min(x2, width) - max(x1, 0.0))
+    clipped_h = max(0.0, min(y2, height) - max(y1, 0.0))
+    return clipped_w * clipped_h / (width * height)
+
+
+def localisation_score(samples: Iterable[tuple[torch.Tensor, tuple, tuple[int, int] | int, str]]) -> dict:
+    """Aggregate peak-in-box over (attention [h, w], box, image_size, finding) samples.
+
+    Returns {"n_sentences", "hit_rate", "chance_rate", "lift" (= hit / chance), "per_finding": {finding: {...}}}.
+    """
+    hits, chances, per_finding = [], [], {}
+    for attention, box, image_size, finding in samples:
+        hit, chance = peak_in_box(attention, box, image_size), box_area_fraction(box, image_size)
+        hits.append(hit)
+        chances.append(chance)
+        entry = per_finding.setdefault(finding, {"n_sentences": 0, "hits": 0.0, "chance": 0.0})
+        entry["n_sentences"] += 1
+        entry["hits"] += hit
+        entry["chance"] += chance
+    result = {"n_sentences": len(hits), "hit_rate": float("nan"), "chance_rate": float("nan"),
+              "lift": float("nan"), "per_finding": {}}
+    if hits:
+        result["hit_rate"] = sum(hits) / len(hits)
+        result["chance_rate"] = sum(chances) / len(chances)
+        result["lift"] = result["hit_rate"] / max(result["chance_rate"], 1e-12)
+    for finding, entry in sorted(per_finding.items()):
+        n = entry["n_sentences"]
+        result["per_finding"][finding] = {"n_sentences": n, "hit_rate": entry["hits"] / n,
+                                          "chance_rate": entry["chance"] / n}
+    return result
+
+
+def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_size: int = 256,
+                           device: str = "cpu", max_items: int | None = None, outputs=None) -> dict:
+    """Over the MIMIC-CXR validation set: how often a sentence naming a located finding has its text-to-patch
+    attention peak inside the region where the generator drew that finding, against chance (area fraction).
+
+    run_or_model: a run directory (model, data and cache size are read from it), or a CGNSModel together with
+    `dataset` (a validation PretrainDataset) and `data_root` (the generated MIMIC-CXR folder with
+    ground_truth.json). outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
+    Returns localisation_score(...) plus n_images and sentence_agnostic_hit_rate (the same measure on the mean
+    map of the image's sentences); raises ValueError on data without ground truth.
+    """
+    from pathlib import Path
+
+    from cgns.viz.inference import run_validation
+    from cgns.viz.truth import load_truth, sentence_regions
+
+    if isinstance(run_or_model, (str, Path)):
+        from cgns.viz.loading import load_run
+
+        loaded = load_run(run_or_model, device=device, data_root=data_root)
+        model, dataset, data_root, cache_size = loaded.model, loaded.dataset, loaded.data_root, loaded.cache_size
+    else:
+        model = run_or_model
+        if dataset is None or data_root is None:
+            raise ValueError("attention_localisation(model, dataset, data_root=...): a model needs its validation "
+                             "dataset and the data root holding ground_truth.json")
+    truth = load_truth(data_root)
+    if truth is None:
+        raise ValueError(f"{data_root}: no ground_truth.json (only generated data records where findings are "
+                         f"drawn, so the localisation measure needs the demo or a generated world)")
+    if outputs is None:
+        outputs = run_validation(model, dataset, device=device, max_items=max_items)
+    image_size = model.config.image_size
+    samples, agnostic = [], []
+    for position, index in enumerate(outputs.indices):
+        maps = outputs.attention_maps[position]                                    # [S, h, w]
+        regions = sentence_regions(dataset.record(index), truth, cache_size, image_size)
+        for sentence, (box, finding) in enumerate(regions[:len(maps)]):
+            if box is not None:
+                samples.append((maps[sentence], box, image_size, finding))
+                # baseline: the image's mean map over all its sentences, i.e. where the model looks whatever
+                # the sentence says; beating chance but not this means image saliency, not grounding
+                agnostic.append((maps.mean(dim=0), box, image_size, finding))
+    result = localisation_score(samples)
+    result["sentence_agnostic_hit_rate"] = localisation_score(agnostic)["hit_rate"]
+    result["n_images"] = len(outputs.indices)
+    return result

@@ -1,0 +1,20 @@
+"""Shared fixtures: `test_world`, a tiny generated world in the six official layouts (made once per session)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Two cores shared by the whole suite: keep torch and BLAS single-threaded unless the caller says otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def test_world(tmp_path_factory):
+    """Path of a world made with cgns.data.synthetic.generate(preset='test', seed=0): one folder per data set
+    (mimic_cxr, chexpert, rsna, covidx, siim, object_cxr), each with ground_truth.json. Read-only for tests:
+    copy a data set folder first if a test must modify it."""
+    from cgns.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("world"), preset="test", seed=0)

@@ -1,0 +1,162 @@
+"""Two gloo processes on CPU must train exactly like one process on the same global batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cgns.engine.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
+from cgns.engine.pretrain import LoopConfig, Pretrainer
+from test_pretrain_standins import StandInModel, StandInPairs
+
+MICRO = 4      # per-rank micro-batch
+ACCUM = 2      # micro-batches per optimiser step (exercises no_sync)
+STEPS = 2
+
+
+def _global_micro_batches(seed=0):
+    """STEPS * ACCUM global micro-batches of 2 * MICRO pairs (fixed: no augmentation noise)."""
+    data = StandInPairs(n=64, augment=False)
+    collate = torch.utils.data.default_collate
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    size = 2 * MICRO
+    return [collate([data[i] for i in order[k * size:(k + 1) * size]]) for k in range(STEPS * ACCUM)]
+
+
+def _run(info: DistInfo, out_dir, shards: int, shard: int):
+    """Train STEPS steps; return the gradients each step saw, the logged losses, centroids and parameters."""
+    torch.manual_seed(0)
+    model = StandInModel(dropout=0.0)
+    cfg = LoopConfig(batch_size=MICRO * 2 // shards, accum_steps=ACCUM, lr=1e-6, log_every=1, validate=False,
+                     progress_bar=False)
+    trainer = Pretrainer(model, StandInPairs(n=64), None, None, cfg, info, out_dir, model.config)
+    grads, real_step = [], trainer.optimizer.step
+
+    def capture(*args, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None})
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    batches = _global_micro_batches()
+    size = 2 * MICRO // shards
+    for step in range(STEPS):
+        micro = [{k: v[shard * size:(shard + 1) * size] for k, v in batches[step * ACCUM + i].items()}
+                 for i in range(ACCUM)]
+        stepped = trainer._optimizer_step(micro)
+        trainer.progress.global_step += 1
+        trainer._after_step(stepped, cfg.lr)
+    trainer.logger.close()
+    return {"grads": grads, "centroids": trainer.raw.centroids.clone(),
+            "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
+
+
+def _reference():
+    """The same steps written out by hand in one process on the full global micro-batches."""
+    torch.manual_seed(0)
+    model = StandInModel(dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6, weight_decay=LoopConfig.weight_decay)
+    batches = _global_micro_batches()
+    grads, losses = [], []
+    for step in range(STEPS):
+        optimizer.zero_grad()
+        logged = {}
+        for i in range(ACCUM):
+            terms, _ = model(batches[step * ACCUM + i], stage=1)
+            total = sum(terms.values())
+            (total / ACCUM).backward()
+            for name, value in {**terms, "total": total}.items():
+                logged[f"loss/{name}"] = logged.get(f"loss/{name}", 0.0) + value.item() / ACCUM
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        losses.append(logged)
+        optimizer.step()
+    return {"grads": grads, "centroids": model.centroids.clone(), "losses": losses}
+
+
+def _nan_on_one_rank(info, out_dir):
+    """Rank 1 alone gets a NaN loss in step 2: every rank must skip that update (no hang, no divergence)."""
+    from test_pretrain_loop import SometimesNaN
+
+    torch.manual_seed(0)
+    model = SometimesNaN({3} if info.rank == 1 else set())  # forward call 3 = first micro-batch of step 2
+    cfg = LoopConfig(batch_size=4, accum_steps=2, lr=1e-3, stage1_epochs=1, stage2_epochs=0, max_steps=2,
+                     validate=False, progress_bar=False)
+    trainer = Pretrainer(model, StandInPairs(n=40), None, None, cfg, info, out_dir, model.config)
+    trainer.cfg.max_steps = 1
+    trainer.fit()
+    after_one = {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}
+    trainer.cfg.max_steps = 2
+    trainer.fit()
+    unchanged = all(torch.equal(p, after_one[n]) for n, p in trainer.raw.named_parameters())
+    return {"unchanged": unchanged, "bad_steps": trainer.progress.bad_steps,
+            "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = init_distributed("cpu")
+    try:
+        result = _run(info, os.path.join(out_dir, "ddp"), shards=2, shard=rank)
+        result["nan"] = _nan_on_one_rank(info, os.path.join(out_dir, "nan"))
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        cleanup_distributed()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_losses(path):
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f if '"train"' in line]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _reference()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    for step in range(STEPS):
+        assert set(single["grads"][step]) == set(ranks[0]["grads"][step])
+        assert "decoder.weight" not in single["grads"][step]  # stage 1: the decoder gets no gradient
+        for name, grad in single["grads"][step].items():
+            for rank in ranks:
+                torch.testing.assert_close(rank["grads"][step][name], grad, atol=1e-5, rtol=1e-5,
+                                           msg=f"step {step} gradient of {name}")
+    # centroids: identical on both ranks (bit for bit) and equal to the one-process run
+    assert torch.equal(ranks[0]["centroids"], ranks[1]["centroids"])
+    torch.testing.assert_close(ranks[0]["centroids"], single["centroids"], atol=1e-5, rtol=1e-5)
+    for name, param in ranks[0]["params"].items():
+        assert torch.equal(param, ranks[1]["params"][name]), name
+    # the logged losses (all-reduced means over ranks and micro-batches) equal the one-process losses
+    ddp_log, one_log = _log_losses(tmp_path / "ddp" / "log.jsonl"), single["losses"]
+    assert len(ddp_log) == len(one_log) == STEPS
+    for a, b in zip(ddp_log, one_log):
+        for key in ("loss/global", "loss/cluster", "loss/total"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    # a NaN on one rank only: both ranks skipped the same update and still agree
+    assert ranks[0]["nan"]["unchanged"] and ranks[1]["nan"]["unchanged"]
+    assert ranks[0]["nan"]["bad_steps"] == ranks[1]["nan"]["bad_steps"] == 1
+    for name, param in ranks[0]["nan"]["params"].items():
+        assert torch.equal(param, ranks[1]["nan"]["params"][name]), name
+    assert one_log[0]["loss/global"] != pytest.approx(one_log[1]["loss/global"], abs=1e-4)  # not a constant
+
+
+def test_resumable_sampler_splits_and_resumes():
+    shares = [ResumableSampler(10, rank=r, world_size=3, seed=5).indices() for r in range(3)]
+    assert all(len(s) == 4 for s in shares)  # padded to equal length
+    assert set(sum(shares, [])) == set(range(10))
+    sampler = ResumableSampler(10, rank=1, world_size=3, seed=5)
+    sampler.set_epoch(0, start=2)
+    assert list(sampler) == shares[1][2:] and len(sampler) == 2
+    sampler.set_epoch(1)
+    assert list(sampler) != shares[1]  # a new order each epoch
+    again = ResumableSampler(10, rank=1, world_size=3, seed=5)
+    again.set_epoch(1)
+    assert list(again) == list(sampler)  # ... that depends only on (seed, epoch)

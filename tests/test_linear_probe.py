@@ -1,0 +1,111 @@
+"""Linear probe internals on tiny stand-ins: cached == uncached training, cache keys, encoder-source refusals."""
+import pytest
+import torch
+
+from cgns.engine.features import (FeatureSet, cached_features, encode_dataset, encoder_fingerprint,
+                                  load_frozen_encoder)
+from cgns.engine.linear import CachedSource, EncodingSource, evaluate_head, train_linear_head
+from cgns.models.encoders import build_image_encoder
+
+SIZE = 32
+
+
+class BrightCornerDataset(torch.utils.data.Dataset):
+    """label 1 <=> a bright top-left quadrant; noise elsewhere (a stand-in for the classification datasets)."""
+    class_names = ["Corner"]
+
+    def __init__(self, n: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.labels = (torch.arange(n) % 2).float()[:, None]
+        self.images = torch.randn(n, 3, SIZE, SIZE, generator=gen) * 0.3
+        self.images[self.labels[:, 0] == 1, :, : SIZE // 2, : SIZE // 2] += 1.5
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": self.labels[i], "index": i}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    enc = build_image_encoder("vit_tiny", SIZE).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
+def _train(train, val, epochs=8):
+    return train_linear_head(train, val, feature_dim=192, num_classes=1, kind="multilabel", primary="auroc",
+                             class_names=["Corner"], epochs=epochs, batch_size=8, lr=1e-2, patience=100, seed=3,
+                             log=lambda *_: None)
+
+
+def _cached(encoder, dataset):
+    features, labels = encode_dataset(encoder, dataset, "cls", batch_size=16)  # [N, D], [N, 1]
+    return CachedSource(FeatureSet(features[None], labels))  # one view
+
+
+def test_cached_and_uncached_training_give_the_same_head(encoder):
+    train_ds, val_ds = BrightCornerDataset(40, 1), BrightCornerDataset(20, 2)
+    cached_train, cached_val = _cached(encoder, train_ds), _cached(encoder, val_ds)
+    head_cached, summary_cached = _train(cached_train, cached_val)
+    head_encoded, summary_encoded = _train(EncodingSource(encoder, train_ds, "cls"),
+                                           EncodingSource(encoder, val_ds, "cls"))
+    # same seed, same batches: the only difference is float rounding of the encoder run on other batch groupings
+    assert torch.allclose(head_cached.weight, head_encoded.weight, atol=1e-4)
+    assert summary_cached["best_epoch"] == summary_encoded["best_epoch"]
+    assert summary_cached["val"]["auroc"] == pytest.approx(summary_encoded["val"]["auroc"], abs=1e-6)
+    # and it learned: a bright quadrant is easy even for random features
+    assert summary_cached["val"]["auroc"] > 0.8
+    test = evaluate_head(head_cached, cached_val, "multilabel", ["Corner"], "test")
+    assert test["auroc"] == pytest.approx(summary_cached["val"]["auroc"])
+
+
+def test_feature_cache_hits_only_for_identical_encoder_and_data(encoder, tmp_path):
+    calls = []
+
+    def make():
+        calls.append(1)
+        return BrightCornerDataset(6, 1)
+
+    spec = {"dataset": "toy", "split": "train", "data_pct": 1.0}
+    first = cached_features(encoder, make, "cls", spec, cache_dir=tmp_path, log=lambda *_: None)
+    again = cached_features(encoder, make, "cls", spec, cache_dir=tmp_path, log=lambda *_: None)
+    assert len(calls) == 1 and torch.equal(first.features, again.features)
+    cached_features(encoder, make, "cls", {**spec, "data_pct": 0.1}, cache_dir=tmp_path, log=lambda *_: None)
+    assert len(calls) == 2  # another fraction -> another entry
+    other = build_image_encoder("vit_tiny", SIZE)  # other weights, same architecture
+    assert encoder_fingerprint(other, "cls") != encoder_fingerprint(encoder, "cls")
+    cached_features(other, make, "cls", spec, cache_dir=tmp_path, log=lambda *_: None)
+    assert len(calls) == 3
+    assert first.features.shape == (1, 6, 192) and first.labels.shape == (6, 1)
+
+
+def _fake_checkpoint(path, name, size, encoder=None):
+    state = {f"image_encoder.{k}": v for k, v in (encoder.state_dict() if encoder else {}).items()}
+    torch.save({"model": state, "config": {"image_encoder": name, "image_size": size}}, path)
+    return path
+
+
+def test_checkpoint_mismatch_is_refused_naming_both(tmp_path):
+    ckpt = _fake_checkpoint(tmp_path / "r50.pt", "resnet50", 64)
+    with pytest.raises(ValueError, match=r"--image-encoder vit_tiny but the checkpoint holds resnet50"):
+        load_frozen_encoder("vit_tiny", None, checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"--image-size 128 but the checkpoint was trained at 64"):
+        load_frozen_encoder(None, 128, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="exactly one encoder source"):
+        load_frozen_encoder("vit_tiny", 32, checkpoint=ckpt, random_init=True)
+    import train_linear
+    with pytest.raises(ValueError, match="resnet50"):
+        train_linear.main(["--dataset", "rsna", "--checkpoint", str(ckpt), "--image-encoder", "vit_small",
+                           "--data-root", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+
+
+def test_checkpoint_settings_are_read_from_its_config(encoder, tmp_path):
+    ckpt = _fake_checkpoint(tmp_path / "vit.pt", "vit_tiny", SIZE, encoder)
+    loaded, source = load_frozen_encoder(None, None, checkpoint=ckpt)
+    assert source["name"] == "vit_tiny" and source["image_size"] == SIZE and source["pooling"] == "cls"
+    assert encoder_fingerprint(loaded, "cls") == encoder_fingerprint(encoder, "cls")
+    assert not any(p.requires_grad for p in loaded.parameters())

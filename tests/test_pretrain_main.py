@@ -1,0 +1,75 @@
+"""train_pretrain.main end to end on the tiny generated world: it learns, writes the run directory, resumes exactly."""
+import json
+
+import pytest
+import torch
+
+import train_pretrain
+from cgns.engine import checkpoint as ckpt
+
+# 40 studies -> 32 train pairs: batch 8 gives 4 steps per epoch
+TINY = ["--image-size", "32", "--batch-size", "8", "--lr", "2e-3", "--no-progress", "--no-report",
+        "--no-linear-eval", "--log-every", "1"]
+
+
+def run(world, out, *extra):
+    return train_pretrain.main(["--data-root", str(world / "mimic_cxr"), "--output-dir", str(out), *TINY,
+                                *map(str, extra)])
+
+
+def records(out, kind):
+    return [r for r in map(json.loads, open(out / "log.jsonl")) if r["kind"] == kind]
+
+
+def test_main_learns_and_writes_the_run_directory(test_world, tmp_path):
+    metrics = run(test_world, tmp_path, "--stage1-epochs", 5, "--stage2-epochs", 1, "--stage2-init", "best",
+                  "--save-every", 5)
+    train = records(tmp_path, "train")
+    assert [r["step"] for r in train] == list(range(1, 25))
+    stage1 = [r["loss/total"] for r in train if r["stage"] == 1]
+    # learning, not just running: the stage-1 training loss falls by a clear margin
+    assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 0.3, stage1
+    assert {"loss/global", "loss/local_image", "loss/local_text", "cgns/hard_negative_sim"} <= train[0].keys()
+    assert "loss/reconstruction" in train[-1] and "loss/reconstruction" not in train[0]  # stage 2 adds CM-MIR
+    val = records(tmp_path, "val")
+    assert len(val) == 6 and {"retrieval/i2t_R@1", "retrieval/t2i_R@10", "val/loss/total"} <= val[-1].keys()
+    events = [r["message"] for r in records(tmp_path, "event")]
+    assert any(m.startswith("stage 2 (adds CM-MIR) starts from the best stage-1 checkpoint") for m in events)
+    assert {"latest.pt", "stage1_last.pt", "stage1_best.pt", "final.pt"} <= {
+        p.name for p in (tmp_path / "checkpoints").iterdir()}
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert saved["val"]["retrieval/i2t_R@1"] == metrics["val"]["retrieval/i2t_R@1"]
+    assert saved["val"]["retrieval/num_pairs"] == metrics["data"]["valid_pairs"]
+    # the final checkpoint feeds the downstream encoders (image_encoder.* + config)
+    from cgns.models.encoders import load_image_encoder
+    encoder = load_image_encoder("vit_tiny", 32, checkpoint=tmp_path / "checkpoints" / "final.pt")
+    final = ckpt.load_checkpoint(tmp_path / "checkpoints" / "final.pt")
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, final["model"][f"image_encoder.{name}"]), name
+
+
+def test_main_resumes_bit_exact_across_the_stage_switch(test_world, tmp_path):
+    common = ("--stage1-epochs", 1, "--stage2-epochs", 1, "--save-every", 100)
+    run(test_world, tmp_path / "straight", *common, "--max-steps", 6)
+    run(test_world, tmp_path / "killed", *common, "--max-steps", 3)      # stops mid stage-1 epoch
+    run(test_world, tmp_path / "killed", *common, "--max-steps", 6)      # resumes automatically
+    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = ckpt.load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 6 and a["stage"] == b["stage"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"model {key} differs after resume"
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), f"optimizer {index}.{name}"
+    events = [r["message"] for r in records(tmp_path / "killed", "event")]
+    assert any(m.startswith("resumed from") and "step 3" in m for m in events)
+
+
+def test_data_pct_and_config_refusal(test_world, tmp_path):
+    metrics = run(test_world, tmp_path, "--data-pct", 0.5, "--stage1-epochs", 1, "--stage2-epochs", 0,
+                  "--max-steps", 1)
+    assert metrics["data"]["train_pairs"] == 16  # half of the 32 training pairs
+    with pytest.raises(ValueError, match=r"embed_dim: checkpoint=128, now=64"):
+        run(test_world, tmp_path, "--data-pct", 0.5, "--stage1-epochs", 1, "--stage2-epochs", 0, "--embed-dim", 64)
+    with pytest.raises(SystemExit):
+        run(test_world, tmp_path, "--epochs", 3)  # pretraining has per-stage epochs

@@ -1,0 +1,68 @@
+"""Masks stay aligned with their images through the whole SIIM path: RLE decode -> cache -> resize -> warp.
+
+The generator draws the pneumothorax as air without lung markings (darker than the collapsed lung and chest wall
+around it), so an aligned mask sits on the darkest rim: the contrast ring-minus-inside of the returned mask, averaged
+over augmented draws, must peak at zero shift and drop when the mask is moved sideways by 2+ pixels.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cgns.data.datasets import build
+from cgns.eval.metrics import dice_per_image
+
+SIZE = 64  # the test world's native size, so unaugmented masks must equal the generator's truth
+
+
+def _ring(mask: torch.Tensor, width: int = 3) -> torch.Tensor:
+    """bool [H, W]: pixels within `width` of the mask but outside it."""
+    grown = F.max_pool2d(mask[None, None], 2 * width + 1, stride=1, padding=width)[0, 0]
+    return (grown > 0) & (mask <= 0)
+
+
+def _contrast(image: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(image[_ring(mask)].mean() - image[mask > 0].mean())
+
+
+@pytest.fixture(scope="module")
+def siim(test_world):
+    root = test_world / "siim"
+    return root, np.load(root / "ground_truth_masks.npz")
+
+
+def test_unaugmented_masks_equal_the_generator_truth(siim):
+    root, truth = siim
+    for split in ("train", "valid", "test"):
+        dataset = build("segmentation", "siim", split, data_root=root, image_size=SIZE)
+        for i in range(len(dataset)):
+            expected = torch.from_numpy(truth[dataset.record(i)["id"]]).float()[None, None]  # [1, 1, H, W]
+            assert dice_per_image(dataset[i]["mask"][None], expected).item() > 0.98, dataset.record(i)["id"]
+
+
+def test_warped_mask_still_covers_the_drawn_pneumothorax(siim):
+    root, _ = siim
+    plain = build("segmentation", "siim", "train", data_root=root, image_size=SIZE)
+    augmented = build("segmentation", "siim", "train", data_root=root, image_size=SIZE, augment=True)
+    torch.manual_seed(0)
+    shifts = range(-3, 4)
+    contrast = np.zeros((len(shifts), len(shifts)))
+    samples = warped = 0
+    for _ in range(4):  # several augmentation draws per image
+        for i in range(len(augmented)):
+            item = augmented[i]
+            image, mask = item["image"][0], item["mask"][0]  # [S, S]
+            warped += int(not torch.equal(mask, plain[i]["mask"][0]))
+            if mask.sum() < 3:
+                continue
+            samples += 1
+            for a, dy in enumerate(shifts):
+                for b, dx in enumerate(shifts):
+                    contrast[a, b] += _contrast(image, torch.roll(mask, (dy, dx), dims=(0, 1)))
+    contrast /= samples
+    assert samples >= 10 and warped >= 5  # the warps really happened on positives
+    centre = contrast[3, 3]
+    assert centre > 0.2  # the drawn air is clearly darker than its surroundings under the mask
+    assert centre >= contrast.max() - 0.01  # best alignment at zero shift
+    sideways = np.concatenate([contrast[:, :2].ravel(), contrast[:, 5:].ravel()])
+    assert centre - sideways.max() > 0.05  # and a 2-pixel misalignment is visible

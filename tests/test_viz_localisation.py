@@ -1,0 +1,73 @@
+"""The attention localisation measure: 1.0 when maps peak in the box, about chance for flat or random maps."""
+import pytest
+import torch
+
+from cgns.viz.localisation import box_area_fraction, localisation_score, peak_in_box
+
+IMAGE = 224
+GRID = 14  # 16-px patches
+
+
+def random_boxes(n, generator):
+    boxes = []
+    for _ in range(n):
+        w, h = (torch.randint(30, 120, (2,), generator=generator)).tolist()
+        x, y = torch.randint(0, IMAGE - w, (1,), generator=generator).item(), \
+            torch.randint(0, IMAGE - h, (1,), generator=generator).item()
+        boxes.append((x, y, x + w, y + h))
+    return boxes
+
+
+def map_peaking_inside(box):
+    attention = torch.rand(GRID, GRID) * 0.5
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    attention[int(cy // (IMAGE / GRID)), int(cx // (IMAGE / GRID))] = 1.0
+    return attention
+
+
+def test_peak_inside_scores_one():
+    generator = torch.Generator().manual_seed(0)
+    boxes = random_boxes(200, generator)
+    result = localisation_score((map_peaking_inside(b), b, IMAGE, "effusion") for b in boxes)
+    assert result["n_sentences"] == 200 and result["hit_rate"] == 1.0
+    assert 0.05 < result["chance_rate"] < 0.4 and result["lift"] > 2
+
+
+def test_peak_outside_scores_zero():
+    attention = torch.zeros(GRID, GRID)
+    attention[0, 0] = 1.0
+    assert peak_in_box(attention, (100, 100, 200, 200), IMAGE) == 0.0
+
+
+def test_flat_map_scores_the_share_of_patches_in_the_box():
+    # the box covers exactly 4 x 2 patches of 16 px -> 8 / 196 patches, and 8 / 196 of the area
+    box = (32, 48, 96, 80)
+    assert peak_in_box(torch.ones(GRID, GRID), box, IMAGE) == pytest.approx(8 / 196)
+    assert box_area_fraction(box, IMAGE) == pytest.approx(8 / 196)
+
+
+def test_random_and_flat_maps_score_about_chance():
+    generator = torch.Generator().manual_seed(1)
+    boxes = random_boxes(400, generator)
+    random_maps = localisation_score((torch.rand(GRID, GRID, generator=generator), b, IMAGE, "x") for b in boxes)
+    flat_maps = localisation_score((torch.full((GRID, GRID), 0.3), b, IMAGE, "x") for b in boxes)
+    chance = random_maps["chance_rate"]
+    assert abs(random_maps["hit_rate"] - chance) < 0.05, random_maps
+    assert abs(flat_maps["hit_rate"] - chance) < 0.02, flat_maps
+    assert random_maps["lift"] < 1.5
+
+
+def test_box_clipped_to_image_and_rectangular_images():
+    assert box_area_fraction((-10, -10, 50, 50), (100, 200)) == pytest.approx(50 * 50 / (100 * 200))
+    attention = torch.zeros(4, 8)  # [h, w] grid over a 100 x 200 (H x W) image: 25 px cells
+    attention[3, 7] = 2.0
+    assert peak_in_box(attention, (175, 75, 200, 100), (100, 200)) == 1.0
+
+
+def test_per_finding_and_shape_error():
+    result = localisation_score([(torch.eye(GRID), (0, 0, 16, 16), IMAGE, "a"),
+                                 (torch.eye(GRID), (200, 0, 224, 16), IMAGE, "b")])
+    assert result["per_finding"]["a"]["hit_rate"] == pytest.approx(1 / GRID)
+    assert result["per_finding"]["b"]["hit_rate"] == 0.0
+    with pytest.raises(ValueError, match=r"\[h, w\] map"):
+        peak_in_box(torch.ones(1, GRID, GRID), (0, 0, 1, 1), IMAGE)

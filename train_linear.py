@@ -1,0 +1,65 @@
+"""Linear classification with a frozen image encoder (CheXpert, RSNA, COVIDx), one or several data fractions.
+
+    python train_linear.py --dataset chexpert --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
+    python train_linear.py --dataset covidx --random-init --image-encoder resnet50
+
+Prints the paper-style row (1% / 10% / 100%) and writes <output-dir>/metrics.json:
+{"<pct>": {"val": {...}, "test": {...}, "train": {...}}, "val": ..., "test": ... (largest fraction)}.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from cgns.cli import add_common_args, print_final
+from cgns.engine.linear import TASKS, paper_row, run_linear_eval
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Linear probe on a frozen image encoder", add_help=True)
+    add_common_args(parser, epochs=50, batch_size=64)
+    # None = "take it from the checkpoint" (or 224 without one); a differing explicit value is refused
+    parser.set_defaults(image_size=None)
+    parser.add_argument("--dataset", required=True, choices=sorted(TASKS))
+    parser.add_argument("--image-encoder", default=None,
+                        help="vit_tiny / vit_small / vit_base / resnet50 (default: the checkpoint's, else resnet50)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image-weights", default=None, help="ImageNet-format (timm/torchvision) state dict file")
+    source.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-6)
+    parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without val improvement")
+    parser.add_argument("--feature-cache", default=None,
+                        help="folder for cached features (default <output-dir>/feature_cache)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="re-encode the images every epoch instead of caching features (slow; for comparison)")
+    parser.add_argument("--augmented-views", type=int, default=0,
+                        help="cache this many augmented passes of the training split (one per epoch) instead "
+                             "of one clean pass")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    if args.checkpoint is not None and (args.image_weights or args.random_init):
+        raise SystemExit("--checkpoint cannot be combined with --image-weights or --random-init")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    output_dir = args.output_dir or f"runs/linear_{args.dataset}"
+    results = run_linear_eval(
+        args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
+        checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
+        data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, patience=args.patience, device=device, output_dir=output_dir,
+        feature_cache=args.feature_cache, cache_features=not args.no_cache, augmented_views=args.augmented_views,
+        num_workers=args.num_workers)
+    print(paper_row(args.dataset, results, "val"))
+    print(paper_row(args.dataset, results, "test"))
+    largest = results[max(results, key=float)]
+    print_final({"val": {k: largest["val"][k] for k in ("auroc", "accuracy") if k in largest["val"]},
+                 "test": {k: largest["test"][k] for k in ("auroc", "accuracy") if k in largest["test"]}})
+    return results
+
+
+if __name__ == "__main__":
+    main()
