@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image-weights", default=None, help="ImageNet-format (timm/torchvision) state dict file")
     source.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without val improvement")
     parser.add_argument("--feature-cache", default=None,

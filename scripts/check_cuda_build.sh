@@ -34,7 +34,8 @@ rm -f "$work"/cgns/_C*.so
 cd "$work"
 start=$SECONDS
 PATH="$CUDA_HOME/bin:$PATH" "$venv/bin/python" setup.py build_ext --inplace > build.log 2>&1 || {
-  tail -40 build.log >&2; echo "check_cuda_build: BUILD FAILED" >&2; exit 1; }
+  grep -n -B2 -A6 -E "error|Error" build.log | head -80 >&2; tail -5 build.log >&2
+  echo "check_cuda_build: BUILD FAILED" >&2; exit 1; }
 echo "check_cuda_build: built in $((SECONDS - start)) s (arch list $TORCH_CUDA_ARCH_LIST)"
 
 # Import in the CUDA torch (works without a GPU) and run the ops on CPU through the CUDA-enabled module.

@@ -30,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (SIIM layout)")
     parser.add_argument("--size", type=int, default=None,
                         help="side of the written images and masks (default: the mask resolution)")
+    parser.add_argument("--limit", type=int, default=None, help="convert only the first N images (file order)")
     return parser
 
 
@@ -67,9 +68,9 @@ def lung_mask(jsrt: Path, image_id: str) -> np.ndarray:
     return (masks[0] | masks[1]).astype(np.uint8)
 
 
-def convert(jsrt: Path, out: Path, size: int | None = None) -> int:
+def convert(jsrt: Path, out: Path, size: int | None = None, limit: int | None = None) -> int:
     """Write the SIIM layout; returns the number of images."""
-    images = sorted((jsrt / "images").glob("*.png"))
+    images = sorted((jsrt / "images").glob("*.png"))[:limit]
     if not images:
         raise FileNotFoundError(f"{jsrt / 'images'}: no PNG radiographs")
     rows = []
@@ -95,7 +96,7 @@ def convert(jsrt: Path, out: Path, size: int | None = None) -> int:
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    count = convert(Path(args.jsrt), Path(args.out), args.size)
+    count = convert(Path(args.jsrt), Path(args.out), args.size, args.limit)
     print(f"wrote {count} images in the SIIM layout under {args.out}")
 
 

@@ -5,8 +5,9 @@
 
 Output: train.csv and dev.csv (image_name, annotation = `0 x1 y1 x2 y2;0 ...`, all categories as one class, as
 Object-CXR has), train/ and dev/ with every image re-encoded as a grayscale JPG at its original size (so the boxes
-stay in its pixels). Images whose file size differs from the COCO record are skipped (listed). Only images that have at least one box are written: an image absent from a box file is not
-known to be empty. Images of one patient (COCO image metadata 'patientid' when present) stay in one split.
+stay in its pixels). Images whose file size differs from the COCO record are skipped (listed). Only images that
+have at least one box are written: an image absent from a box file is not known to be empty. Images of one
+patient (COCO image metadata 'patientid' when present) stay in one split.
 Never write the output inside the repository's data folders: these are other people's images.
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ def convert(coco_path: Path, image_dir: Path, out: Path, dev_fraction: float = 0
         split = "dev" if patient[img["id"]] in dev_patients else "train"
         source = Path(image_dir) / img["file_name"]
         if not source.is_file():
-            raise FileNotFoundError(f"{coco_path}: image {img['file_name']!r} (id {img['id']}) not found in {image_dir}")
+            raise FileNotFoundError(f"{coco_path}: image {img['file_name']!r} (id {img['id']}) not found in "
+                                    f"{image_dir}")
         name = Path(img["file_name"]).stem + ".jpg"
         (out / split).mkdir(parents=True, exist_ok=True)
         with Image.open(source) as opened:

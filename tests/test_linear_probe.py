@@ -54,7 +54,7 @@ def test_cached_and_uncached_training_give_the_same_head(encoder):
     head_encoded, summary_encoded = _train(EncodingSource(encoder, train_ds, "cls"),
                                            EncodingSource(encoder, val_ds, "cls"))
     # same seed, same batches: the only difference is float rounding of the encoder run on other batch groupings
-    assert torch.allclose(head_cached.weight, head_encoded.weight, atol=1e-4)
+    assert torch.allclose(head_cached.linear.weight, head_encoded.linear.weight, atol=1e-4)
     assert summary_cached["best_epoch"] == summary_encoded["best_epoch"]
     assert summary_cached["val"]["auroc"] == pytest.approx(summary_encoded["val"]["auroc"], abs=1e-6)
     # and it learned: a bright quadrant is easy even for random features
@@ -109,3 +109,30 @@ def test_checkpoint_settings_are_read_from_its_config(encoder, tmp_path):
     assert source["name"] == "vit_tiny" and source["image_size"] == SIZE and source["pooling"] == "cls"
     assert encoder_fingerprint(loaded, "cls") == encoder_fingerprint(encoder, "cls")
     assert not any(p.requires_grad for p in loaded.parameters())
+
+
+class NoisyViews(BrightCornerDataset):
+    """Each access draws new noise, like an augmenting dataset."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"] + 0.1 * torch.randn_like(item["image"])}
+
+
+def test_augmented_views_are_separate_passes(encoder, tmp_path):
+    views = cached_features(encoder, lambda: NoisyViews(6, 1), "cls", {"dataset": "toy", "split": "train"},
+                            views=3, cache_dir=tmp_path, log=lambda *_: None)
+    assert views.features.shape == (3, 6, 192)
+    assert not torch.allclose(views.features[0], views.features[1])
+    source = CachedSource(views)
+    first = next(source.batches(torch.arange(6), 6, epoch=0))[0]
+    fourth = next(source.batches(torch.arange(6), 6, epoch=3))[0]
+    assert torch.equal(first, fourth)  # epochs cycle through the views
+
+
+def test_imagenet_format_weights_are_loaded(encoder, tmp_path):
+    path = tmp_path / "vit_tiny_imagenet.pth"
+    torch.save(encoder.backbone.state_dict(), path)  # timm parameter names, as an ImageNet file has them
+    loaded, source = load_frozen_encoder("vit_tiny", SIZE, image_weights=path)
+    assert source["origin"].startswith("image_weights:")
+    assert encoder_fingerprint(loaded, "cls") == encoder_fingerprint(encoder, "cls")

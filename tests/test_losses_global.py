@@ -21,7 +21,8 @@ def test_global_loss_matches_hand_formula_and_trains_the_temperature():
     loss = global_contrastive_loss(image, report, log_scale)["global"]
     expected = 0.0
     for i in range(6):  # row i: -log softmax of its own pair, averaged over both directions
-        expected -= 0.5 * (torch.log_softmax(10 * image[i] @ report.T, 0)[i] + torch.log_softmax(10 * report[i] @ image.T, 0)[i])
+        expected -= 0.5 * (torch.log_softmax(10 * image[i] @ report.T, 0)[i]
+                           + torch.log_softmax(10 * report[i] @ image.T, 0)[i])
     torch.testing.assert_close(loss, expected / 6)
     loss.backward()
     assert log_scale.grad is not None and float(log_scale.grad) != 0.0

@@ -140,3 +140,25 @@ def test_cpu_equals_cuda(extension):
     tokens = torch.randn(3, 16, 40, generator=gen)
     assert torch.equal(ops.masked_patch_gather(tokens.cuda(), index.cuda()).cpu(),
                        ops.masked_patch_gather(tokens, index))
+
+
+def test_forward_into_preallocated_out(extension):
+    gen = torch.Generator().manual_seed(7)
+    tokens, index = torch.randn(2, 9, 5, generator=gen), torch.randint(0, 9, (2, 4), generator=gen)
+    out = torch.empty(2, 4, 5)
+    assert extension.masked_patch_gather_forward(tokens, index, out=out).data_ptr() == out.data_ptr()
+    assert torch.equal(out, reference.reference_masked_patch_gather(tokens, index))
+    images = torch.randn(2, 3, 8, 8, generator=gen)
+    out = torch.empty(2, 4, 3 * 4 * 4)
+    extension.gather_patches_forward(images, 4, index % 4, out=out)
+    assert torch.equal(out, reference.reference_gather_patches(images, 4, index % 4))
+    with pytest.raises(RuntimeError, match="out must be"):
+        extension.gather_patches_forward(images, 4, index % 4, out=torch.empty(2, 4, 47))
+
+
+def test_double_backward_is_refused(extension):
+    tokens = torch.randn(1, 4, 3, dtype=torch.float64, requires_grad=True)
+    out = ops.masked_patch_gather(tokens, torch.tensor([[1, 1]]))
+    (grad,) = torch.autograd.grad(out.square().sum(), tokens, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad.sum().backward()

@@ -62,6 +62,7 @@ def test_localisation_over_the_validation_set(tiny_run):
     assert result["n_images"] == len(load_run(tiny_run).dataset)
     assert result["n_sentences"] > 0
     assert 0.0 <= result["hit_rate"] <= 1.0 and 0.0 < result["chance_rate"] < 1.0
+    assert 0.0 <= result["sentence_agnostic_hit_rate"] <= 1.0 and 0.0 <= result["peak_on_image_rate"] <= 1.0
 
 
 def test_reconstruction_masks_are_the_ones_used(tiny_run):

@@ -131,25 +131,36 @@ def _time(step, heads, inputs, warmup, repeats):
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Rows for `python -m cgns.bench`; quick = the tiny size only, fewer repeats (the loop side is slow)."""
+    """Rows for `python -m cgns.bench`: each size at 1 thread (stable: what the loops' per-call overhead costs) and
+    at the machine's thread count. quick = the tiny size only, fewer repeats (the loop side is the slow one)."""
     torch.manual_seed(0)
-    rows = []
-    for name in (("tiny",) if quick else ("tiny", "base")):
-        size = SIZES[name]
-        inputs = make_inputs(64, size["patches"], size["dim"], size["tokens"])
-        heads = Heads(size["dim"])
-        heads.clustering.centroids.copy_(F.normalize(torch.randn(128, size["dim"]), dim=-1))
-        heads.clustering.started.fill_(True)                  # time the full CGNS path (hard negatives on)
-        ours, ours_cpu = _time(vectorised_step, heads, inputs, warmup=1, repeats=3 if quick else 5)
-        loop_runs = 1 if quick or name == "base" else 2
-        baseline, baseline_cpu = _time(loop_step, heads, inputs, warmup=0 if loop_runs == 1 else 1, repeats=loop_runs)
-        sentences = int(sentence_features(inputs[0], inputs[1])[1].sum())
-        rows.append({"section": "heads", "name": f"{name} fwd+bwd B=64 L={size['patches']} D={size['dim']}",
-                     "ours": round(ours, 1), "baseline": round(baseline, 1), "unit": "ms",
-                     "ratio": round(baseline / ours, 2),
-                     "note": f"{sentences} sentences; baseline = per-sample/per-sentence loops like the original; "
-                             f"CPU-time ratio {baseline_cpu / max(ours_cpu, 1e-9):.1f}x; "
-                             f"{torch.get_num_threads()} threads on a shared machine: timings noisy"})
+    default_threads, rows = torch.get_num_threads(), []
+    thread_counts = sorted({1, default_threads})
+    try:
+        for name in (("tiny",) if quick else ("tiny", "base")):
+            size = SIZES[name]
+            inputs = make_inputs(64, size["patches"], size["dim"], size["tokens"])
+            heads = Heads(size["dim"])
+            heads.clustering.centroids.copy_(F.normalize(torch.randn(128, size["dim"]), dim=-1))
+            heads.clustering.started.fill_(True)              # time the full CGNS path (hard negatives on)
+            sentences = int(sentence_features(inputs[0], inputs[1])[1].sum())
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                state = {k: v.clone() for k, v in heads.clustering.state_dict().items()}
+                ours, ours_cpu = _time(vectorised_step, heads, inputs, warmup=1, repeats=2 if quick else 3)
+                heads.clustering.load_state_dict(state)     # both sides start from the same centroids
+                loop_runs = 1 if quick or name == "base" else 2
+                baseline, baseline_cpu = _time(loop_step, heads, inputs, warmup=1 if name == "tiny" else 0,
+                                               repeats=loop_runs)
+                rows.append({"section": "heads",
+                             "name": f"{name} fwd+bwd B=64 L={size['patches']} D={size['dim']} threads={threads}",
+                             "ours": round(ours, 1), "baseline": round(baseline, 1), "unit": "ms",
+                             "ratio": round(baseline / ours, 2),
+                             "note": f"{sentences} sentences; baseline = per-sample/per-sentence loops like the "
+                                     f"original; CPU-time ratio {baseline_cpu / max(ours_cpu, 1e-9):.1f}x; "
+                                     f"wall clock on a shared machine is noisy"})
+    finally:
+        torch.set_num_threads(default_threads)
     return rows
 
 

@@ -87,6 +87,6 @@ def run(quick: bool = False) -> list[dict]:
         note = "batch 64 per GPU (paper), fp16 autocast + GradScaler, 224 px, 256 tokens"
     else:
         result = measure(base, 2, steps=1, warmup=0, device=device, amp="none")
-        note = "batch 2, ONE untimed-warm-up-free step on CPU (indicative only), 224 px, 256 tokens"
+        note = "batch 2, a single step without warm-up on CPU (indicative only), 224 px, 256 tokens"
     rows += _rows("base (ViT-B/16@224 + BERT-base, stage 2)", result, note)
     return rows

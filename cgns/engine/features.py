@@ -1,4 +1,6 @@
-"""Frozen-encoder features for the linear probe: computed once per split and image, cached on disk by content.
+"""The frozen image encoder of the downstream tasks: where it comes from (load_frozen_encoder: a pretraining
+checkpoint, ImageNet-format weights or random init), how its global feature is pooled, and its features computed
+once per split and image and cached on disk by content (for the linear probe).
 
 A cache entry is keyed by (a hash of the encoder's weights and pooling) x (how the data was built: data set, split,
 fraction, seed, image size, augmentation passes, the label files' sizes and times). A different checkpoint, a

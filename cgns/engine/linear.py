@@ -68,6 +68,24 @@ class EncodingSource:
             yield feats, batch["label"]
 
 
+class LinearProbe(torch.nn.Module):
+    """One linear layer on standardised features. features [B, D] -> logits [B, C].
+
+    The features first pass a BatchNorm without affine parameters (the linear probe of MAE): pretrained encoders can
+    put most of their variance in a few directions (a near-collapsed CLS token has per-dimension std ~0.03 against
+    ~0.6 at random init), and without standardisation the optimiser's step size, not the features, decides the
+    result. At test time the normalisation is a fixed affine map, so the classifier is still one linear layer.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(feature_dim, affine=False, eps=1e-6)
+        self.linear = torch.nn.Linear(feature_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(features))
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
     """logits [B, C]; labels [B, C] float (multilabel, BCE) or [B] long (multiclass, cross-entropy)."""
     if kind == "multilabel":
@@ -76,7 +94,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -
 
 
 @torch.no_grad()
-def evaluate_head(head: torch.nn.Linear, source, kind: str, class_names: Sequence[str], split: str,
+def evaluate_head(head: torch.nn.Module, source, kind: str, class_names: Sequence[str], split: str,
                   device: str = "cpu", warn: bool = True) -> dict:
     """Loss, AUROC (macro + per class) and, for multi-class, accuracy of the head on one split."""
     head.eval()
@@ -103,14 +121,17 @@ def _monitor_key(metrics: dict, primary: str) -> tuple:
 def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: str, primary: str,
                       class_names: Sequence[str], epochs: int = 50, batch_size: int = 64, lr: float = 1e-3,
                       weight_decay: float = 1e-6, patience: int = 10, seed: int = 42, device: str = "cpu",
-                      log=print) -> tuple[torch.nn.Linear, dict]:
-    """Train one linear layer on (features, labels) batches from `train`; keep the best epoch on `val`.
+                      log=print) -> tuple[LinearProbe, dict]:
+    """Train a LinearProbe on (features, labels) batches from `train`; keep the best epoch on `val`.
 
     train/val: CachedSource or EncodingSource. Returns (best head, {best_epoch, epochs_run, val}).
     The shuffling order depends only on `seed`, so cached and uncached sources see identical batches.
     """
+    if len(train) < 2:
+        raise ValueError(f"linear probe: the training split holds {len(train)} image(s); at least 2 are needed "
+                         f"(raise --data-pct)")
     torch.manual_seed(seed)
-    head = torch.nn.Linear(feature_dim, num_classes).to(device)
+    head = LinearProbe(feature_dim, num_classes).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     order_rng = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
@@ -119,6 +140,8 @@ def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: s
     for epoch in range(epochs):
         head.train()
         order = torch.randperm(len(train), generator=order_rng)
+        if len(order) % batch_size == 1:  # BatchNorm cannot standardise a batch of one: that image waits an epoch
+            order = order[:-1]
         for feats, labels in train.batches(order, batch_size, epoch):
             set_lr(optimizer, lr_at(step, base_lr=lr, warmup_steps=0, total_steps=total_steps))
             loss = classification_loss(head(feats.to(device)), labels.to(device), kind)
@@ -146,7 +169,7 @@ def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, en
                     image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
                     image_weights: Optional[os.PathLike] = None, random_init: bool = False,
                     data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 64,
-                    lr: float = 1e-3, weight_decay: float = 1e-6, patience: int = 10, device: str = "cpu",
+                    lr: float = 1e-2, weight_decay: float = 1e-6, patience: int = 10, device: str = "cpu",
                     output_dir: Optional[os.PathLike] = None, feature_cache: Optional[os.PathLike] = None,
                     cache_features: bool = True, augmented_views: int = 0, num_workers: int = 0,
                     log=print) -> dict:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from cgns.engine.features import load_frozen_encoder
 from cgns.engine.schedule import lr_at, set_lr
-from cgns.eval.metrics import dice_per_image
+from cgns.eval.metrics import auroc, dice_per_image
 from cgns.models.unet import SegmentationModel, build_unet
 
 DATASETS = ("siim", "rsna")
@@ -55,15 +55,17 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
 
 @torch.no_grad()
 def evaluate_segmentation(model: SegmentationModel, loader: DataLoader, device: str = "cpu",
-                          keep: int = 0) -> tuple[dict, list]:
+                          keep: int = 0, pixel_auroc: bool = False) -> tuple[dict, list]:
     """Per-image Dice at 0.5 over a split, and up to `keep` (image, truth, prob) examples, positives first.
 
     dice: mean over all images (the protocol's number); dice_positive / dice_negative: over images with / without
     a mask (on negatives Dice is 1 for an empty prediction, else 0); empty_baseline: the score of predicting nothing
     anywhere (= the share of negatives), the trivial floor to compare `dice` with.
+    pixel_auroc: also the AUROC of pixel probabilities vs truth over the whole split, a threshold-free check that
+    the decoder ranks pneumothorax pixels first (0.5 = no localisation); None when the split has no positive pixel.
     """
     model.eval()
-    dices, positive, losses, examples = [], [], [], []
+    dices, positive, losses, examples, pixels = [], [], [], [], []
     for batch in loader:
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         logits = model(images)
@@ -71,6 +73,8 @@ def evaluate_segmentation(model: SegmentationModel, loader: DataLoader, device: 
         probs = torch.sigmoid(logits)
         dices.append(dice_per_image(probs, masks).cpu())
         positive.append(masks.flatten(1).amax(dim=1).cpu() > 0)
+        if pixel_auroc:
+            pixels.append((probs.flatten().cpu(), masks.flatten().cpu()))
         for image, mask, prob in zip(images.cpu(), masks.cpu(), probs.cpu()):
             examples.append((image, mask, prob))
     dice, positive = torch.cat(dices), torch.cat(positive)
@@ -82,6 +86,9 @@ def evaluate_segmentation(model: SegmentationModel, loader: DataLoader, device: 
                "dice_negative": mean_or_none(dice[~positive]), "empty_baseline": float((~positive).float().mean()),
                "loss": sum(losses) / len(dice), "num_images": int(dice.numel()),
                "num_positive": int(positive.sum())}
+    if pixel_auroc:
+        scores, truth = (torch.cat(part) for part in zip(*pixels))
+        metrics["pixel_auroc"] = auroc(scores, truth, ["mask"], warn=False)["macro"]
     examples.sort(key=lambda e: -float(e[1].sum() > 0))  # stable: positives first, then data order
     return metrics, examples[:keep]
 
@@ -176,11 +183,13 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
         summary = train_segmentation(model, train_loader, val_loader, epochs=epochs, lr=lr,
                                      weight_decay=weight_decay, patience=patience, device=device, log=log)
-        test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays)
+        # the best state, evaluated the same way on both splits (with the threshold-free pixel AUROC)
+        val_metrics, _ = evaluate_segmentation(model, val_loader, device, pixel_auroc=True)
+        test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays, pixel_auroc=True)
         if output_dir is not None and overlays:
             write_overlays(examples, Path(output_dir) / "overlays", f"test_pct{pct_key(pct)}")
         results[pct_key(pct)] = {
-            "val": summary["val"], "test": test_metrics,
+            "val": val_metrics, "test": test_metrics,
             "train": {"num_images": len(train_loader.dataset), "best_epoch": summary["best_epoch"],
                       "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)}}
         log(f"segmentation {dataset} {pct_key(pct)}: val dice {summary['val']['dice']:.4f} "

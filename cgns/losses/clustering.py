@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cgns.losses.distributed import all_reduce_sum, gather_rows, global_mean, is_distributed
+from cgns.losses.distributed import all_reduce_sum, gather_rows, global_mean
 from cgns.losses.local_alignment import sentence_logits
 from cgns.ops import kmeans_assign, kmeans_update, momentum_update
 
@@ -157,5 +157,5 @@ class ClusterNegativeSampler(nn.Module):
         pairs = flagged.sum()
         false_negative = self.false_negative_weight * global_mean(margin, pairs)
         stats.update(hard_negative_sim=hard_negative_cosine.detach().mean(),
-                     false_negative_pairs=all_reduce_sum(pairs.detach()) if is_distributed() else pairs.detach())
+                     false_negative_pairs=all_reduce_sum(pairs.detach()))
         return {"local_text": global_mean(loss, n), "false_negative": false_negative}, stats

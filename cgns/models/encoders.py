@@ -38,6 +38,11 @@ class AttentionPool(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.c_proj = nn.Linear(dim, output_dim or dim)
+        # Zero biases, as nn.MultiheadAttention initialises them (the original pools reports with one). Default
+        # nn.Linear biases would add the same random vector to every report and start all report vectors at
+        # cosine ~0.99, a collapsed point that contrastive training from random init does not leave.
+        for projection in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):
+            nn.init.zeros_(projection.bias)
 
     def forward(self, tokens, mask=None):
         batch, length, dim = tokens.shape

@@ -290,7 +290,8 @@ class YOLOv3(nn.Module):
         device, batch_size = raw[0].device, raw[0].shape[0]
         if labels_list is None:
             labels_list = [torch.zeros(len(b), dtype=torch.long, device=device) for b in boxes_list]
-        image_index = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes_list)]).to(device)
+        image_index = torch.cat([torch.full((len(b),), i, dtype=torch.long)
+                                 for i, b in enumerate(boxes_list)]).to(device)
         boxes = torch.cat([b.reshape(-1, 4) for b in boxes_list]).to(device=device, dtype=torch.float32)
         labels = torch.cat([lab.reshape(-1) for lab in labels_list]).to(device=device, dtype=torch.long)
         size = boxes[:, 2:] - boxes[:, :2]

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[2]
-_state = {"loaded": False, "module": None, "reason": None, "warned": False}
+_state = {"loaded": False, "module": None, "reason": None, "warned": False, "warned_cuda": False}
 
 
 def _flag(name):
@@ -61,8 +61,22 @@ def get_extension():
             _state["warned"] = True
             warnings.warn(f"cgns.ops: using the slower pure-torch reference ops: {_state['reason']}. "
                           f"Build the kernels with `python setup.py build_ext --inplace`.", RuntimeWarning,
-                          stacklevel=3)
+                          stacklevel=4)  # points at the caller of the public op
     return module
+
+
+def kernels_for(tensor):
+    """The extension when it has kernels for this tensor's device, else None (the caller uses the reference).
+
+    A CPU-only build given CUDA tensors warns once, like a missing build."""
+    ext = get_extension()
+    if ext is None or not tensor.is_cuda or getattr(ext, "WITH_CUDA", False):
+        return ext
+    if not _state["warned_cuda"]:
+        _state["warned_cuda"] = True
+        warnings.warn("cgns.ops: the extension was built without CUDA kernels; CUDA tensors use the pure-torch "
+                      "reference ops. Rebuild with nvcc and a CUDA build of torch.", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def extension_available():
@@ -80,4 +94,4 @@ def has_cuda_kernels():
 
 def reset():
     """Forget the load result (tests use it to switch between the extension and the fallback)."""
-    _state.update(loaded=False, module=None, reason=None, warned=False)
+    _state.update(loaded=False, module=None, reason=None, warned=False, warned_cuda=False)

@@ -2,19 +2,9 @@
 import torch
 
 from cgns.ops import reference
-from cgns.ops.extension import get_extension
+from cgns.ops.extension import kernels_for
 
 _CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
-
-
-def _kernel_for(tensor):
-    """The extension when it covers this device, else None (the caller falls back to the reference)."""
-    ext = get_extension()
-    if ext is None:
-        return None
-    if tensor.is_cuda and not getattr(ext, "WITH_CUDA", False):
-        return None
-    return ext
 
 
 @torch.no_grad()
@@ -25,7 +15,7 @@ def kmeans_assign(points, centroids):
     ties go to the lower centroid index. Inputs are used detached (no gradient flows).
     """
     reference.check_assign_inputs(points, centroids)
-    ext = _kernel_for(points)
+    ext = kernels_for(points)
     if ext is None:
         return reference.reference_kmeans_assign(points, centroids)
     if not points.is_cuda and points.dtype not in _CPU_KERNEL_DTYPES:
@@ -39,7 +29,7 @@ def kmeans_assign(points, centroids):
 def kmeans_update(points, index, num_clusters):
     """Per-cluster sums and counts: points [N,D], index long[N] in [0,K), K -> (sums [K,D], counts long[K])."""
     reference.check_update_inputs(points, index, num_clusters)
-    ext = _kernel_for(points)
+    ext = kernels_for(points)
     if ext is None:
         return reference.reference_kmeans_update(points, index, num_clusters)
     if not points.is_cuda and points.dtype not in _CPU_KERNEL_DTYPES:

@@ -1,15 +1,9 @@
 """Gathers of picked patches (token space and pixel space) with scatter-add backward."""
 import torch
+from torch.autograd.function import once_differentiable
 
 from cgns.ops import reference
-from cgns.ops.extension import get_extension
-
-
-def _kernel_for(tensor):
-    ext = get_extension()
-    if ext is None or (tensor.is_cuda and not getattr(ext, "WITH_CUDA", False)):
-        return None
-    return ext
+from cgns.ops.extension import kernels_for
 
 
 class _MaskedPatchGather(torch.autograd.Function):
@@ -20,6 +14,7 @@ class _MaskedPatchGather(torch.autograd.Function):
         return ext.masked_patch_gather_forward(tokens, index)
 
     @staticmethod
+    @once_differentiable  # the scatter-add kernel builds no graph: double backward must raise, not return zeros
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
         return ctx.ext.masked_patch_gather_backward(grad_out, index, ctx.num_tokens), None, None
@@ -33,6 +28,7 @@ class _GatherPatches(torch.autograd.Function):
         return ext.gather_patches_forward(images, patch_size, index)
 
     @staticmethod
+    @once_differentiable  # the scatter-add kernel builds no graph: double backward must raise, not return zeros
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
         height, width = ctx.image_size
@@ -46,7 +42,7 @@ def masked_patch_gather(tokens, index):
     Differentiable in tokens; the backward scatter-adds (duplicate indices accumulate).
     """
     reference.check_token_gather_inputs(tokens, index)
-    ext = _kernel_for(tokens)
+    ext = kernels_for(tokens)
     if ext is None:
         return reference.reference_masked_patch_gather(tokens, index)
     return _MaskedPatchGather.apply(tokens, index, ext)
@@ -59,7 +55,7 @@ def gather_patches(images, patch_size, index):
     F.unfold(images, p, stride=p).transpose(1, 2), without building that full tensor. Differentiable in images.
     """
     reference.check_image_gather_inputs(images, patch_size, index)
-    ext = _kernel_for(images)
+    ext = kernels_for(images)
     if ext is None:
         return reference.reference_gather_patches(images, patch_size, index)
     return _GatherPatches.apply(images, int(patch_size), index, ext)

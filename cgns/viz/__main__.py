@@ -17,6 +17,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="only the curves from log.jsonl (no checkpoint, no data needed)")
     parser.add_argument("--localisation-only", action="store_true",
                         help="print the attention localisation figure as JSON and write no report")
+    parser.add_argument("--checkpoint", default=None,
+                        help="with --localisation-only: the checkpoint to measure (default: final.pt, else latest.pt)")
     return parser
 
 
@@ -25,7 +27,8 @@ def main(argv=None):
     if args.localisation_only:
         from cgns.viz.localisation import attention_localisation
 
-        result = attention_localisation(args.run_dir, data_root=args.data_root, device=args.device)
+        result = attention_localisation(args.run_dir, data_root=args.data_root, device=args.device,
+                                        checkpoint=args.checkpoint)
         print(json.dumps(result, indent=2))
         return result
     from cgns.viz.report import write_report

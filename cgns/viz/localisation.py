@@ -68,25 +68,28 @@ def localisation_score(samples: Iterable[tuple[torch.Tensor, tuple, tuple[int, i
 
 
 def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_size: int = 256,
-                           device: str = "cpu", max_items: int | None = None, outputs=None) -> dict:
+                           device: str = "cpu", max_items: int | None = None, outputs=None,
+                           checkpoint=None) -> dict:
     """Over the MIMIC-CXR validation set: how often a sentence naming a located finding has its text-to-patch
     attention peak inside the region where the generator drew that finding, against chance (area fraction).
 
     run_or_model: a run directory (model, data and cache size are read from it), or a CGNSModel together with
     `dataset` (a validation PretrainDataset) and `data_root` (the generated MIMIC-CXR folder with
-    ground_truth.json). outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
-    Returns localisation_score(...) plus n_images and sentence_agnostic_hit_rate (the same measure on the mean
-    map of the image's sentences); raises ValueError on data without ground truth.
+    ground_truth.json). checkpoint: with a run directory, which checkpoint (default final.pt, else latest.pt, ...).
+    outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
+    Returns localisation_score(...) plus n_images, sentence_agnostic_hit_rate (the same measure on the mean
+    map of the image's sentences) and peak_on_image_rate (peaks on the X-ray rather than on its zero padding);
+    raises ValueError on data without ground truth.
     """
     from pathlib import Path
 
     from cgns.viz.inference import run_validation
-    from cgns.viz.truth import load_truth, sentence_regions
+    from cgns.viz.truth import box_in_model_input, load_truth, sentence_regions
 
     if isinstance(run_or_model, (str, Path)):
         from cgns.viz.loading import load_run
 
-        loaded = load_run(run_or_model, device=device, data_root=data_root)
+        loaded = load_run(run_or_model, device=device, data_root=data_root, checkpoint=checkpoint)
         model, dataset, data_root, cache_size = loaded.model, loaded.dataset, loaded.data_root, loaded.cache_size
     else:
         model = run_or_model
@@ -100,17 +103,23 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     if outputs is None:
         outputs = run_validation(model, dataset, device=device, max_items=max_items)
     image_size = model.config.image_size
-    samples, agnostic = [], []
+    samples, agnostic, on_image = [], [], []
     for position, index in enumerate(outputs.indices):
         maps = outputs.attention_maps[position]                                    # [S, h, w]
-        regions = sentence_regions(dataset.record(index), truth, cache_size, image_size)
+        record = dataset.record(index)
+        regions = sentence_regions(record, truth, cache_size, image_size)
+        # the X-ray itself (not the zero padding that squares it) in model-input pixels
+        content = box_in_model_input((0, 0, record["width"], record["height"]), record, cache_size, image_size)
         for sentence, (box, finding) in enumerate(regions[:len(maps)]):
             if box is not None:
                 samples.append((maps[sentence], box, image_size, finding))
                 # baseline: the image's mean map over all its sentences, i.e. where the model looks whatever
                 # the sentence says; beating chance but not this means image saliency, not grounding
                 agnostic.append((maps.mean(dim=0), box, image_size, finding))
+                on_image.append(peak_in_box(maps[sentence], content, image_size))
     result = localisation_score(samples)
     result["sentence_agnostic_hit_rate"] = localisation_score(agnostic)["hit_rate"]
+    # diagnostic: a map that peaks on the padding never localises anything
+    result["peak_on_image_rate"] = sum(on_image) / len(on_image) if on_image else float("nan")
     result["n_images"] = len(outputs.indices)
     return result

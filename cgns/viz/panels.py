@@ -75,7 +75,8 @@ def localisation_section(loaded, outputs, out_dir: Path) -> Section:
     section.items.append(f"Peak inside the region for {result['hit_rate']:.1%} of {result['n_sentences']} "
                          f"sentences ({result['n_images']} images), against {result['chance_rate']:.1%} by chance "
                          f"(lift x{result['lift']:.2f}). Sentence-agnostic baseline (the mean map of the "
-                         f"image's sentences): {result['sentence_agnostic_hit_rate']:.1%}.")
+                         f"image's sentences): {result['sentence_agnostic_hit_rate']:.1%}. Peaks on the X-ray "
+                         f"itself rather than on its zero padding: {result['peak_on_image_rate']:.1%}.")
     rows = [[finding, entry["n_sentences"], entry["hit_rate"], entry["chance_rate"]]
             for finding, entry in result["per_finding"].items()]
     section.items.append(Table(["finding", "sentences", "peak in region", "chance"], rows))

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from cgns.data.transforms import CROP_FRACTION
 
+# generator kinds of normal statements ("the lungs are clear", "no acute osseous abnormality", ...)
+NORMAL_KINDS = ("clear", "normal", "bones")
+
 
 def load_truth(data_root: str | Path | None) -> dict | None:
     """{dicom_id: image truth} from <data_root>/ground_truth.json, or None when the data is not generated."""
@@ -64,7 +67,7 @@ def sentence_label(match: dict | None) -> str:
     if match is None:
         return "?"
     kind = match.get("kind")
-    if kind is None:
+    if kind is None or kind in NORMAL_KINDS:
         return "normal"
     return f"no {kind}" if match.get("negated") else kind
 

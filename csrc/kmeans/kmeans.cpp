@@ -6,7 +6,7 @@
 #include "kmeans.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that pulls in cuSPARSE/cuBLAS headers
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -20,7 +20,7 @@ constexpr int64_t kCudaChunkRows = 65536;
 void kmeans_assign_cuda(const at::Tensor& points, const at::Tensor& unit_centroids, at::Tensor& index,
                         at::Tensor& similarity) {
   const c10::cuda::CUDAGuard guard(points.device());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_points = points.size(0), dim = points.size(1), num_clusters = unit_centroids.size(0);
   at::Tensor centroids_t = unit_centroids.t();
   at::Tensor dots = at::empty({std::min(kCudaChunkRows, num_points), num_clusters}, points.options());
@@ -41,7 +41,7 @@ void kmeans_assign_cuda(const at::Tensor& points, const at::Tensor& unit_centroi
 void kmeans_update_cuda_tensors(const at::Tensor& points, const at::Tensor& index, at::Tensor& sums,
                                 at::Tensor& counts) {
   const c10::cuda::CUDAGuard guard(points.device());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   check_index_range(index, counts.size(0), "kmeans_update", "the cluster of each point");
   at::Tensor acc = sums.scalar_type() == accumulate_type(sums.scalar_type())
                        ? sums

@@ -2,7 +2,7 @@
 //
 // kmeans_assign: points are never normalised in memory: the ranking of p . c_k over k does not depend on |p|, so
 // only the two winners are divided by |p|. Two tile paths, both fusing the top-2 scan and the point norms while
-// the tile is hot, OpenMP (at::parallel_for) over tiles of points:
+// the tile is hot, OpenMP over tiles of points:
 //   - float32 on a CPU with AVX-512: the register-blocked kernel of kmeans_cpu_avx512.cpp;
 //   - otherwise (float64, older CPUs, CGNS_NO_AVX512=1): one BLAS GEMM per tile (at::mm_out, single-threaded
 //     inside the parallel region) against the normalised centroids.
@@ -96,13 +96,19 @@ void assign_avx512(const at::Tensor& points, const at::Tensor& unit_centroids, a
   int64_t* index_data = index.data_ptr<int64_t>();
   float* sim_data = similarity.data_ptr<float>();
   const int64_t num_tasks = (num_points + kAvx512TaskRows - 1) / kAvx512TaskRows;
-  at::parallel_for(0, num_tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+  const int threads = at::get_num_threads();
+  // Dynamic scheduling (not at::parallel_for's equal static chunks): on a shared machine a thread whose core is
+  // busy takes fewer tiles instead of making the others wait for it. No ATen calls inside the region.
+#pragma omp parallel num_threads(threads) if (threads > 1 && num_tasks > 1 && !at::in_parallel_region())
+  {
     std::vector<float> scratch(avx512_scratch_floats(num_clusters));
-    const int64_t row0 = task_begin * kAvx512TaskRows;
-    const int64_t rows = std::min(task_end * kAvx512TaskRows, num_points) - row0;
-    avx512_assign_rows(point_data + row0 * dim, rows, dim, packed.data(), num_clusters, kNormEps,
-                       index_data + 2 * row0, sim_data + 2 * row0, scratch.data());
-  });
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < num_tasks; ++task) {
+      const int64_t row0 = task * kAvx512TaskRows, rows = std::min(kAvx512TaskRows, num_points - row0);
+      avx512_assign_rows(point_data + row0 * dim, rows, dim, packed.data(), num_clusters, kNormEps,
+                         index_data + 2 * row0, sim_data + 2 * row0, scratch.data());
+    }
+  }
 }
 
 // Columns per task of kmeans_update: each task owns whole column ranges of every cluster, so no two threads

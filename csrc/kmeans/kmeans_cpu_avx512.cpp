@@ -78,7 +78,10 @@ CGNS_AVX512_TARGET float row_norm(const float* row, int64_t dim) {
     const __m512 x = _mm512_loadu_ps(row + d);
     acc = _mm512_fmadd_ps(x, x, acc);
   }
-  float sum = _mm512_reduce_add_ps(acc);
+  alignas(64) float lanes[kLanes];  // a plain horizontal sum (GCC 12 warns inside _mm512_reduce_add_ps)
+  _mm512_store_ps(lanes, acc);
+  float sum = 0.0f;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
   for (; d < dim; ++d) sum += row[d] * row[d];
   return std::sqrt(sum);
 }

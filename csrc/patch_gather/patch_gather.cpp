@@ -6,7 +6,7 @@
 #include "patch_gather.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that pulls in cuSPARSE/cuBLAS headers
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -33,7 +33,7 @@ void check_patch_grid(int64_t height, int64_t width, int64_t patch, const char* 
 
 #ifdef WITH_CUDA
 void* stream_of(const at::Tensor& tensor) {
-  return static_cast<void*>(at::cuda::getCurrentCUDAStream(tensor.device().index()).stream());
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(tensor.device().index()).stream());
 }
 #endif
 
