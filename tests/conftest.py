@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,15 @@ def test_world(tmp_path_factory):
     from cgns.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("world"), preset="test", seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache_dir(tmp_path_factory):
+    """Preprocessing caches of the test session go to a tmp dir, not the repository's data/cache."""
+    previous = os.environ.get("CGNS_CACHE_DIR")
+    os.environ["CGNS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cgns_cache"))
+    yield Path(os.environ["CGNS_CACHE_DIR"])
+    if previous is None:
+        os.environ.pop("CGNS_CACHE_DIR", None)
+    else:
+        os.environ["CGNS_CACHE_DIR"] = previous
