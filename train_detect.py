@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
-from cgns.cli import add_common_args, print_final
+from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, print_final
 from cgns.engine.detect import DATASETS, paper_row, run_detection
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("YOLOv3 detection on an image encoder", add_help=True)
     add_common_args(parser, epochs=50, batch_size=16)
-    # None = "take it from the checkpoint" (or 224 without one); a differing explicit value is refused
-    parser.set_defaults(image_size=None)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--image-encoder", default=None,
-                        help="resnet50 / vit_tiny / vit_small / vit_base (default: the checkpoint's, else resnet50)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--image-weights", default=None, help="ImageNet-format (timm/torchvision) state dict file")
-    source.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
+    add_encoder_source_args(parser)
     parser.add_argument("--finetune", action="store_true", help="train the encoder too (default: frozen)")
     parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-6)
@@ -43,9 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
-    if args.checkpoint is not None and (args.image_weights or args.random_init):
-        raise SystemExit("--checkpoint cannot be combined with --image-weights or --random-init")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_encoder_source(args)
     output_dir = args.output_dir or f"runs/detect_{args.dataset}"
     results = run_detection(
         args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,

@@ -78,3 +78,27 @@ def print_final(metrics: dict, label: str = "final") -> str:
     line = f"{label}: " + " ".join(parts)
     print(line, flush=True)
     return line
+
+
+def add_encoder_source_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The downstream scripts' encoder flags: --image-encoder and one of --checkpoint / --image-weights /
+    --random-init. --image-size defaults to None: taken from the checkpoint (224 without one); a differing explicit
+    value is refused by the loader."""
+    parser.set_defaults(image_size=None)
+    parser.add_argument("--image-encoder", default=None,
+                        help="vit_tiny / vit_small / vit_base / resnet50 (default: the checkpoint's, else resnet50)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image-weights", default=None, help="ImageNet-format (timm/torchvision) state dict file")
+    source.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
+    return parser
+
+
+def check_encoder_source(args: argparse.Namespace) -> str:
+    """Refuse a checkpoint combined with another encoder source; return the device to run on."""
+    if args.checkpoint is not None and (args.image_weights or args.random_init):
+        raise SystemExit("--checkpoint cannot be combined with --image-weights or --random-init")
+    if args.device:
+        return args.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,5 @@
 """Format helpers: the SIIM run-length codec, DICOM reading, image decoding of every PNG/JPEG mode."""
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch

@@ -62,6 +62,10 @@ class CGNSConfig:
     decoder_layers: int = 6
     decoder_heads: int = 8
     decoder_feedforward: int = 2048
+    # weight on the local terms (local_image, local_text, false_negative); METHOD.md's 1.0 assumes pretrained
+    # encoders. From random init the SimSiam term collapses the patch tokens within ~100 steps at weight 1 and drags
+    # the global alignment down with it; the CPU demo uses 0.1 (measured: probe +0.053 vs +0.001 at 300 steps).
+    local_weight: float = 1.0
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -76,6 +80,8 @@ class CGNSConfig:
             raise ValueError(f"hard_negative_mode must be 'multiply' or 'add', got {self.hard_negative_mode!r}")
         if self.use_cgns and not self.use_local:
             raise ValueError("use_cgns needs use_local (CGNS acts on the local text loss)")
+        if self.local_weight < 0:
+            raise ValueError(f"local_weight must be >= 0, got {self.local_weight}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
 
@@ -262,6 +268,10 @@ class CGNSModel(nn.Module):
             else:
                 text_losses = sentence_contrastive_loss(z1, z2, config.local_temperature)
             losses.update(text_losses)
+            if config.local_weight != 1.0:
+                for name in ("local_image", "local_text", "false_negative"):
+                    if name in losses:
+                        losses[name] = config.local_weight * losses[name]
         if reconstruct:
             reconstruction = self.decoder(patches, attention["text_to_patch"])
             losses.update(reconstruction_loss(reconstruction, images, config.mir_weight))
