@@ -31,3 +31,17 @@ def isolated_cache_dir(tmp_path_factory):
         os.environ.pop("CGNS_CACHE_DIR", None)
     else:
         os.environ["CGNS_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def extension():
+    """The compiled cgns._C; a missing build fails under CGNS_REQUIRE_EXT=1 and skips otherwise."""
+    from cgns import ops
+
+    if not ops.extension_available():
+        if os.environ.get("CGNS_REQUIRE_EXT") == "1":
+            pytest.fail("CGNS_REQUIRE_EXT=1 but the cgns extension is not built")
+        pytest.skip("cgns extension not built (run `python setup.py build_ext --inplace`)")
+    from cgns.ops.extension import get_extension
+
+    return get_extension()

@@ -18,17 +18,6 @@ if torch.cuda.is_available():
 SHAPES = [(0, 16, 4), (1, 3, 2), (37, 13, 2), (300, 77, 5), (200, 40, 100), (700, 130, 128)]
 
 
-@pytest.fixture(scope="module")
-def extension():
-    """The compiled module; a missing build fails under CGNS_REQUIRE_EXT=1 and skips otherwise."""
-    if not ops.extension_available():
-        if os.environ.get("CGNS_REQUIRE_EXT") == "1":
-            pytest.fail("CGNS_REQUIRE_EXT=1 but the cgns extension is not built")
-        pytest.skip("cgns extension not built (run `python setup.py build_ext --inplace`)")
-    from cgns.ops.extension import get_extension
-    return get_extension()
-
-
 @pytest.fixture(params=["default", "blas"])
 def cpu_path(request, monkeypatch):
     """The float32 CPU assign has two tile paths: AVX-512 micro-kernel (default where the CPU has it) and BLAS."""

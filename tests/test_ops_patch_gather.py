@@ -1,5 +1,4 @@
 """Compiled patch gathers (cgns.ops) against their pure-torch references: values, gradients, gradcheck."""
-import os
 
 import pytest
 import torch
@@ -14,16 +13,6 @@ GRAD_TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torc
 CASES = [("cpu", torch.float32), ("cpu", torch.float64), ("cpu", torch.bfloat16)]
 if torch.cuda.is_available():
     CASES += [("cuda", torch.float32), ("cuda", torch.float64), ("cuda", torch.float16), ("cuda", torch.bfloat16)]
-
-
-@pytest.fixture(scope="module")
-def extension():
-    if not ops.extension_available():
-        if os.environ.get("CGNS_REQUIRE_EXT") == "1":
-            pytest.fail("CGNS_REQUIRE_EXT=1 but the cgns extension is not built")
-        pytest.skip("cgns extension not built (run `python setup.py build_ext --inplace`)")
-    from cgns.ops.extension import get_extension
-    return get_extension()
 
 
 def _device_ready(device, extension):
