@@ -49,6 +49,16 @@ def split_groups(groups: Sequence[Hashable], fractions: dict[str, float], seed: 
     return result
 
 
+
+def hold_out_validation(records: list[dict], valid_fraction: float, test_official: str) -> dict[str, list[int]]:
+    """Official train rows split by group into train / valid (valid_fraction of the groups); the rows whose
+    record["official"] == test_official are the test split. -> split name -> row indices."""
+    train_rows = [i for i, r in enumerate(records) if r["official"] == "train"]
+    parts = split_groups([records[i]["group"] for i in train_rows],
+                         {"valid": valid_fraction, "train": 1.0 - valid_fraction})
+    return {"train": [train_rows[j] for j in parts["train"]], "valid": [train_rows[j] for j in parts["valid"]],
+            "test": [i for i, r in enumerate(records) if r["official"] == test_official]}
+
 def split_counts(groups: Sequence[Hashable], counts: dict[str, int], rest: str, seed: int | str = SPLIT_SEED
                  ) -> dict[str, list[int]]:
     """Like split_groups but with fixed group counts per named split; `rest` gets every remaining group."""

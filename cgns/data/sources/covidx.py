@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cgns.data.sources import Issues, SchemaError, check_image_exists
-from cgns.data.splits import split_groups
+from cgns.data.splits import hold_out_validation
 
 TASKS = ("classification",)
 CLASS_NAMES = ("normal", "pneumonia", "COVID-19")
@@ -52,7 +52,4 @@ def read_records(root: Path, issues: Issues) -> list[dict]:
 
 
 def make_splits(records: list[dict]) -> dict[str, list[int]]:
-    train_rows = [i for i, r in enumerate(records) if r["official"] == "train"]
-    parts = split_groups([records[i]["group"] for i in train_rows], {"valid": 0.2, "train": 0.8})
-    return {"train": [train_rows[j] for j in parts["train"]], "valid": [train_rows[j] for j in parts["valid"]],
-            "test": [i for i, r in enumerate(records) if r["official"] == "test"]}
+    return hold_out_validation(records, 0.2, "test")

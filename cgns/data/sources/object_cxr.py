@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cgns.data.sources import Issues, SchemaError, check_image_exists, read_table
-from cgns.data.splits import split_groups
+from cgns.data.splits import hold_out_validation
 
 TASKS = ("detection",)
 TABLES = {"train": "train.csv", "dev": "dev.csv"}
@@ -72,7 +72,4 @@ def read_records(root: Path, issues: Issues) -> list[dict]:
 
 
 def make_splits(records: list[dict]) -> dict[str, list[int]]:
-    train_rows = [i for i, r in enumerate(records) if r["official"] == "train"]
-    parts = split_groups([records[i]["group"] for i in train_rows], {"valid": 0.1, "train": 0.9})
-    return {"train": [train_rows[j] for j in parts["train"]], "valid": [train_rows[j] for j in parts["valid"]],
-            "test": [i for i, r in enumerate(records) if r["official"] == "dev"]}
+    return hold_out_validation(records, 0.1, "dev")
