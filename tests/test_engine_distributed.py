@@ -1,6 +1,6 @@
 """Two gloo processes on CPU must train exactly like one process on the same global batch."""
 import os
-import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -93,8 +93,10 @@ def _nan_on_one_rank(info, out_dir):
 
 
 def _worker(rank, port, out_dir):
+    # torchrun's own set-up: the launcher hosts the rendezvous store and every rank joins it as a client
+    # (TORCHELASTIC_USE_AGENT_STORE), so init_distributed's env:// path runs exactly as under torchrun.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     try:
@@ -105,10 +107,11 @@ def _worker(rank, port, out_dir):
         cleanup_distributed()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous_store():
+    """A listening TCPStore on a port the kernel picks. Picking a free port, closing it and letting rank 0 bind it
+    later raced with other processes (a flake in a full-suite run); this socket is never let go."""
+    return torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                      timeout=timedelta(seconds=120))
 
 
 def _log_losses(path):
@@ -118,7 +121,9 @@ def _log_losses(path):
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    store = _rendezvous_store()
+    mp.spawn(_worker, args=(store.port, str(tmp_path)), nprocs=2, join=True)
+    del store
     single = _reference()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 

@@ -1,10 +1,12 @@
-"""Tokenizer for reports: a local BERT folder, or a WordPiece trained on the training reports (no hub needed),
-and the encoding of a report's sentences with the per-token sentence_index of METHOD.md."""
+"""Tokenizer for reports: a local BERT folder, or a WordPiece vocabulary built from the training reports (no hub
+needed, same reports -> same vocabulary), and the encoding of a report's sentences with the per-token
+sentence_index of METHOD.md."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -12,31 +14,41 @@ import torch
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_wordpiece(reports: list[str], out_dir: str | os.PathLike, vocab_size: int = 8000) -> Path:
-    """Train a lower-case BERT-style WordPiece on `reports` and save it as a PreTrainedTokenizerFast folder.
+def train_wordpiece(reports: list[str], out_dir: str | os.PathLike, vocab_size: int = 8000,
+                    min_frequency: int = 1) -> Path:
+    """Build a lower-case BERT WordPiece vocabulary from `reports` and save it as a tokenizer folder
+    (tokenizer.json, tokenizer_config.json, and vocab.txt: it also loads as BertTokenizerFast).
 
+    The vocabulary is a pure function of the reports' words, so the same reports give byte-identical files in any
+    process (the `tokenizers` trainer orders its alphabet and breaks merge ties in hash-map order, which differs
+    from run to run). Ids, in order: the special tokens; every character seen, sorted, as a word start and then
+    as a `##` continuation, so any word made of seen characters tokenises without [UNK]; then whole words with
+    count >= min_frequency, most frequent first, ties by spelling, until vocab_size tokens (the characters are
+    kept even past vocab_size). A word left out is spelled in characters by WordPiece's longest-match rule.
     Written to a temporary sibling then renamed, so a half-written tokenizer is never loaded.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocab = build_vocabulary(reports, vocab_size, min_frequency)
+    ids = {token: index for index, token in enumerate(vocab)}
+    # BERT's uncased pipeline, assembled here rather than by BertTokenizer(Fast), whose constructor differs
+    # between transformers 4 (a vocab.txt path) and 5 (a dict).
+    backend = Tokenizer(models.WordPiece(vocab=ids, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=1,
-                                        show_progress=False)
-    backend.train_from_iterator(reports, trainer=trainer)
-    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
                                         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tokenizer.save_pretrained(tmp)
+        (tmp / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -44,6 +56,27 @@ def train_wordpiece(reports: list[str], out_dir: str | os.PathLike, vocab_size: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def build_vocabulary(reports: list[str], vocab_size: int = 8000, min_frequency: int = 1) -> list[str]:
+    """The WordPiece tokens of train_wordpiece, in id order (see there).
+
+    Words are cut exactly as the saved tokenizer cuts them (BERT normaliser: lower case, accents stripped; BERT
+    pre-tokeniser: whitespace and punctuation), so every counted word is one the tokenizer will look up.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for report in reports:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(report)))
+    characters = sorted({character for word in counts for character in word})
+    vocab = list(SPECIAL_TOKENS) + characters + [f"##{character}" for character in characters]
+    taken = set(vocab)
+    words = sorted((word for word, count in counts.items() if count >= min_frequency and word not in taken),
+                   key=lambda word: (-counts[word], word))
+    return vocab + words[:max(0, vocab_size - len(vocab))]
 
 
 def load_tokenizer(path: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None):
