@@ -31,11 +31,13 @@ PRESETS = {
     "demo": dict(image_encoder="vit_tiny", image_size=64, embed_dim=128, num_clusters=16, max_length=96,
                  batch_size=32, lr=3e-4, stage1_epochs=20, stage2_epochs=2, warmup_epochs=1.0, amp="none",
                  clip_grad=1.0, text_hidden_size=128, text_layers=2, text_heads=4, decoder_layers=2,
-                 decoder_heads=4, decoder_feedforward=256, local_weight=0.1),
+                 decoder_heads=4, decoder_feedforward=256, local_image_weight=0.1,
+                 local_text_weight=0.1),
     "paper": dict(image_encoder="vit_base", image_size=224, embed_dim=768, num_clusters=128, max_length=256,
                   batch_size=64, lr=1e-5, stage1_epochs=10, stage2_epochs=20, warmup_epochs=1.0, amp="fp16",
                   clip_grad=0.0, text_hidden_size=768, text_layers=12, text_heads=12, decoder_layers=6,
-                  decoder_heads=8, decoder_feedforward=2048, local_weight=1.0),
+                  decoder_heads=8, decoder_feedforward=2048, local_image_weight=1.0,
+                  local_text_weight=1.0),
 }
 
 
@@ -62,8 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="hard-negative weights multiply the logits (original) or add log-weights (ClusterNS)")
     model.add_argument("--kmeans-update", choices=["sum", "mean"], default="sum",
                        help="centroid momentum update from the members' sum (original) or mean")
-    model.add_argument("--local-weight", type=float,
-                       help="weight of the local terms (METHOD.md: 1; the random-init demo: 0.1, see CGNSConfig)")
+    model.add_argument("--local-image-weight", type=float,
+                       help="weight of loss 2, local image SimSiam (METHOD.md: 1; see CGNSConfig for the demo's)")
+    model.add_argument("--local-text-weight", type=float,
+                       help="weight of loss 3, local text + false negatives (METHOD.md: 1)")
     model.add_argument("--no-cgns", action="store_true", help="ablation: plain local text loss, no clustering")
     model.add_argument("--no-mir", action="store_true", help="ablation: no CM-MIR reconstruction in stage 2")
     model.add_argument("--no-local", action="store_true", help="ablation: global loss only (ConVIRT-style)")
@@ -118,7 +122,8 @@ def model_config(args, tokenizer, tokenizer_dir: str):
                   hard_negative_mode=args.cgns_weighting, decoder_layers=args.decoder_layers,
                   decoder_heads=args.decoder_heads, decoder_feedforward=args.decoder_feedforward,
                   kmeans_seed=args.seed, use_cgns=not (args.no_cgns or args.no_local), use_mir=not args.no_mir,
-                  use_local=not args.no_local, local_weight=args.local_weight)
+                  use_local=not args.no_local, local_image_weight=args.local_image_weight,
+                  local_text_weight=args.local_text_weight)
     return CGNSConfig(**values)
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgns.losses.clustering import ClusterNegativeSampler, greedy_chain, margin_loss
+from cgns.losses.clustering import (ClusterNegativeSampler, greedy_chain, hard_negative_cross_entropy, margin_loss,
+                                    weighted_logits)
 
 
 def pairs(n=16, dim=8, seed=0, aligned=False):
@@ -96,3 +97,17 @@ def test_add_weighting_changes_only_the_hard_negative_columns():
 def test_margin_loss_is_zero_inside_the_band_and_linear_outside():
     delta = torch.tensor([-0.6, -0.5, -0.3, -0.2, 0.0])
     torch.testing.assert_close(margin_loss(delta, 0.2, 0.5), torch.tensor([0.1, 0.0, 0.0, 0.0, 0.2]))
+
+
+@pytest.mark.parametrize("mode", ["multiply", "add"])
+def test_hard_negative_cross_entropy_equals_the_extended_matrix(mode):
+    """The fused logsumexp form equals cross-entropy over weighted_logits' [n,2N] matrix, value and gradient."""
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.rand(6, 9, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
+    hard = (torch.rand(6, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
+    labels = torch.tensor([0, 2, 3, 5, 7, 8])
+    fused = hard_negative_cross_entropy(logits, hard, labels, 3.0, mode)
+    reference = F.cross_entropy(weighted_logits(logits, hard, labels, 3.0, mode), labels, reduction="sum")
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(torch.autograd.grad(fused, (logits, hard)),
+                               torch.autograd.grad(reference, (logits, hard)))

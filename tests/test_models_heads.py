@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cgns.losses.clustering import ClusterNegativeSampler, weighted_logits
-from cgns.losses.local_alignment import Predictor, simsiam_loss
+from cgns.losses.local_alignment import Predictor, cosine_to_target, simsiam_loss
 from cgns.models.cgns import SigmoidCrossAttention, sentence_features
 from cgns.models.encoders import AttentionPool
 
@@ -46,10 +46,14 @@ def loop_sentences(tokens, index):
 
 
 def loop_attention_pool(pool, reports):
-    """The original: one F.multi_head_attention_forward per report over [mean, sentences], output at position 0."""
+    """The original: one F.multi_head_attention_forward per report over [mean, sentences], output at position 0
+    (with the learned position embedding added first when the pool has one, as for the ResNet grid)."""
     outputs = []
     for sentences in reports:
-        x = torch.cat([sentences.mean(dim=0, keepdim=True), sentences])[:, None]    # [1+S,1,D]
+        x = torch.cat([sentences.mean(dim=0, keepdim=True), sentences])             # [1+S,D]
+        if pool.positional_embedding is not None:
+            x = x + pool.positional_embedding
+        x = x[:, None]                                                               # [1+S,1,D]
         out, _ = F.multi_head_attention_forward(
             x, x, x, x.shape[-1], pool.num_heads, None,
             torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), None, None, False, 0.0,
@@ -60,8 +64,9 @@ def loop_attention_pool(pool, reports):
     return torch.stack(outputs)
 
 
-def loop_cross_attention(attention, patches, reports):
-    """The original: per sample, sigmoid attention between its patches [L,D] and its real sentences [S,D]."""
+def loop_cross_attention(attention, patches, reports, maps=None):
+    """The original: per sample, sigmoid attention between its patches [L,D] and its real sentences [S,D].
+    maps, if a list, receives (patch attention [L,S], sentence attention [S,L]) per sample."""
     text_to_patch, image_to_sentence = [], []
     scale = math.sqrt(patches.shape[-1])
     for b, sentences in enumerate(reports):
@@ -70,6 +75,8 @@ def loop_cross_attention(attention, patches, reports):
         image_to_sentence.append(to_sentences @ attention.image_value(image))          # [S,D]
         to_patches = torch.sigmoid(attention.image_query(image) @ attention.text_key(sentences).T / scale)
         text_to_patch.append(to_patches @ attention.text_value(sentences))             # [L,D]
+        if maps is not None:
+            maps.append((to_patches, to_sentences))
     return torch.stack(text_to_patch), image_to_sentence
 
 
@@ -105,14 +112,14 @@ def loop_cgns_loss(z1, z2, centroids, lr, weight, alpha, beta, fn_weight):
                            dtype=z1.dtype)
     logits = torch.cat([cos, hard_cos], dim=1) * weights
     loss = F.cross_entropy(logits, torch.arange(n))
-    margins, pairs = 0.0, 0
+    margins = 0.0
     for i in range(n):
         for j in range(n):
             if i != j and cluster[i] == cluster[j]:
                 delta = cos[i, j] - cos[i, i]
                 margins = margins + F.relu(delta + alpha) + F.relu(-delta - beta)
-                pairs += 1
-    return loss, fn_weight * margins / max(pairs, 1), centroids
+    # the original's mean runs over all n*n entries (the unflagged ones add a constant, left out on both sides)
+    return loss, fn_weight * margins / (n * n), centroids
 
 
 def test_sentence_pooling_equals_loop():
@@ -124,28 +131,117 @@ def test_sentence_pooling_equals_loop():
         torch.testing.assert_close(sentences[b][mask[b]], expected, **TOL)
 
 
+def randomise_biases(module):
+    """Non-zero biases everywhere, so the bias terms of the reassociated products are exercised."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+
+
+def assert_same_gradients(module, inputs, ours, theirs):
+    """d(ours)/d(inputs, parameters) == d(theirs)/d(same), where ours and theirs are scalars."""
+    names, parameters = zip(*module.named_parameters())
+    ours_grads = torch.autograd.grad(ours, (*inputs, *parameters), allow_unused=True)
+    theirs_grads = torch.autograd.grad(theirs, (*inputs, *parameters), allow_unused=True)
+    for name, a, b in zip(("input",) * len(inputs) + names, ours_grads, theirs_grads):
+        if a is None and b is None:                          # a parameter neither side uses
+            continue
+        a = torch.zeros_like(b) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, **TOL, msg=lambda message: f"gradient of {name}: {message}")
+
+
 def test_report_attention_pooling_equals_loop():
     torch.manual_seed(0)
     tokens, index = make_reports(dim=16)
     pool = AttentionPool(16, 8).double()
+    randomise_biases(pool)
+    tokens.requires_grad_(True)
     sentences, mask = sentence_features(tokens, index)
-    torch.testing.assert_close(pool(sentences, mask), loop_attention_pool(pool, loop_sentences(tokens, index)),
-                               **TOL)
+    ours = pool(sentences, mask)
+    theirs = loop_attention_pool(pool, loop_sentences(tokens, index))
+    torch.testing.assert_close(ours, theirs, **TOL)
+    weights = torch.randn_like(ours)                     # a generic scalar of the output
+    assert_same_gradients(pool, (tokens,), (ours * weights).sum(), (theirs * weights).sum())
+
+
+def test_grid_attention_pooling_with_positions_equals_multi_head_attention():
+    """The ResNet global pooling: no mask, a learned position embedding, output width != input width."""
+    torch.manual_seed(0)
+    pool = AttentionPool(16, 4, num_positions=6, output_dim=10).double()
+    randomise_biases(pool)
+    grid = torch.randn(3, 6, 16, dtype=torch.float64, requires_grad=True)
+    ours = pool(grid)
+    theirs = loop_attention_pool(pool, list(grid))
+    assert ours.shape == (3, 10)
+    torch.testing.assert_close(ours, theirs, **TOL)
+    assert_same_gradients(pool, (grid,), ours.square().sum(), theirs.square().sum())
 
 
 def test_cross_attention_and_local_image_loss_equal_loop():
     torch.manual_seed(0)
     tokens, index = make_reports(dim=16)
-    patches = F.normalize(torch.randn(tokens.shape[0], 9, 16, dtype=torch.float64), dim=-1)
+    patches = F.normalize(torch.randn(tokens.shape[0], 9, 16, dtype=torch.float64), dim=-1).requires_grad_(True)
+    tokens.requires_grad_(True)
     attention = SigmoidCrossAttention(16).double()
+    randomise_biases(attention)
     sentences, mask = sentence_features(tokens, index)
     out = attention(patches, sentences, mask)
-    text_to_patch, image_to_sentence = loop_cross_attention(attention, patches, loop_sentences(tokens, index))
+    maps = []
+    text_to_patch, image_to_sentence = loop_cross_attention(attention, patches, loop_sentences(tokens, index), maps)
     torch.testing.assert_close(out["text_to_patch"], text_to_patch, **TOL)
     torch.testing.assert_close(out["image_to_sentence"][mask], torch.cat(image_to_sentence), **TOL)
+    for b, (to_patches, to_sentences) in enumerate(maps):
+        torch.testing.assert_close(out["patch_attention"][b][:, mask[b]], to_patches, **TOL)
+        torch.testing.assert_close(out["sentence_attention"][b][mask[b]], to_sentences, **TOL)
+        assert not out["patch_attention"][b][:, ~mask[b]].any()                # padding sentences weigh 0
+    factors = out["text_to_patch_factors"]
+    torch.testing.assert_close(factors[0] @ factors[1], text_to_patch, **TOL)
+    # Gradients of a generic function of both outputs reach inputs and all six projections as in the loop.
+    w1, w2 = torch.randn_like(text_to_patch), torch.randn_like(torch.cat(image_to_sentence))
+    assert_same_gradients(attention, (patches, tokens),
+                          (out["text_to_patch"] * w1).sum() + (out["image_to_sentence"][mask] * w2).sum(),
+                          (text_to_patch * w1).sum() + (torch.cat(image_to_sentence) * w2).sum())
     predictor = Predictor(16).double()
     torch.testing.assert_close(simsiam_loss(patches, out["text_to_patch"], predictor)["local_image"],
                                loop_simsiam(patches, text_to_patch, predictor), **TOL)
+
+
+def test_local_image_loss_from_factors_equals_loop():
+    """The predictor's first layer applied to the sentence values before the attention product: same loss and
+    the same gradients for the patches, the sentences, the attention projections and the predictor."""
+    torch.manual_seed(0)
+    tokens, index = make_reports(dim=16)
+    patches = F.normalize(torch.randn(tokens.shape[0], 9, 16, dtype=torch.float64), dim=-1).requires_grad_(True)
+    tokens.requires_grad_(True)
+    heads = torch.nn.ModuleDict({"attention": SigmoidCrossAttention(16), "predictor": Predictor(16)}).double()
+    randomise_biases(heads)
+    sentences, mask = sentence_features(tokens, index)
+    out = heads["attention"](patches, sentences, mask)
+    ours = simsiam_loss(patches, out["text_to_patch"], heads["predictor"], out["text_to_patch_factors"])
+    text_to_patch, _ = loop_cross_attention(heads["attention"], patches, loop_sentences(tokens, index))
+    theirs = loop_simsiam(patches, text_to_patch, heads["predictor"])
+    torch.testing.assert_close(ours["local_image"], theirs, **TOL)
+    assert_same_gradients(heads, (patches, tokens), ours["local_image"], theirs)
+
+
+def test_cosine_to_target_equals_cosine_similarity_with_stop_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    x[0, 0] = 0.0                                                # a zero vector: eps keeps it finite (0)
+    x.requires_grad_(True)
+    target = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    ours, theirs = cosine_to_target(x, target), F.cosine_similarity(x, target.detach(), dim=-1)
+    torch.testing.assert_close(ours, theirs, **TOL)
+    weights = torch.randn_like(ours)
+    ours_grad, = torch.autograd.grad((ours * weights).sum(), x)
+    theirs_grad, = torch.autograd.grad((theirs * weights).sum(), x)
+    torch.testing.assert_close(ours_grad, theirs_grad, **TOL)
+    assert torch.autograd.grad(cosine_to_target(x, target).sum(), target, allow_unused=True) == (None,)  # stop-grad
+    low = cosine_to_target(x.detach().half(), target.detach().half())        # half inputs: computed in float32
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low.double(), theirs.detach(), atol=2e-3, rtol=0)
 
 
 def test_hard_negative_weights_equal_python_built_matrix():
@@ -182,3 +278,31 @@ def test_cgns_loss_equals_loop():
     loop_grads = torch.autograd.grad(loop_loss + loop_fn, (z1, z2))
     for ours, theirs in zip(grads, loop_grads):
         torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_benchmark_sides_compute_the_same_loss_and_gradients():
+    """cgns.bench.heads times two formulations of one function: they must stay equal (value, gradients, and the
+    k-means step they take)."""
+    from cgns.bench.heads import Heads, loop_step, make_inputs, vectorised_step
+    torch.manual_seed(0)
+    heads = Heads(16, num_clusters=4).double()
+    heads.clustering.false_negative_weight = 1.0                           # so a margin-loss mismatch shows
+    heads.clustering.centroids.copy_(F.normalize(torch.randn(4, 16, dtype=torch.float64), dim=-1))
+    heads.clustering.started.fill_(True)
+    start = {k: v.clone() for k, v in heads.clustering.state_dict().items()}
+    inputs = [t.double() if t.is_floating_point() else t for t in make_inputs(6, 9, 16, 60)]
+    results = []
+    for step in (vectorised_step, loop_step):
+        heads.clustering.load_state_dict(start)
+        leaves = [t.clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        loss = step(heads, *leaves)
+        grads = torch.autograd.grad(loss, [leaves[0], leaves[2], *heads.parameters()], allow_unused=True)
+        results.append((loss.detach(), grads, heads.clustering.centroids.clone()))
+    (loss, grads, centroids), (loop_loss, loop_grads, loop_centroids) = results
+    torch.testing.assert_close(loss, loop_loss, **TOL)
+    torch.testing.assert_close(centroids, loop_centroids, **TOL)
+    assert not torch.equal(centroids, start["centroids"])                  # the k-means step did move them
+    for ours, theirs in zip(grads, loop_grads):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, theirs, **TOL)

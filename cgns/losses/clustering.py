@@ -6,6 +6,8 @@ over the ranks so every rank holds the same values, and never touched by the opt
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +43,25 @@ def weighted_logits(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, la
     if mode == "add":
         return extended + weights.log()                                            # log 0 = -inf: column dropped
     raise ValueError(f"hard-negative weighting must be 'multiply' or 'add', got {mode!r}")
+
+
+def hard_negative_cross_entropy(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, labels: torch.Tensor,
+                                hard_negative_weight: float, mode: str) -> torch.Tensor:
+    """Summed cross-entropy of weighted_logits(...) against labels, without building the [n,2N] matrix.
+
+    The appended block adds, per row, its own column (weight * h in 'multiply', h + log(weight) in 'add') and in
+    'multiply' N-1 columns of logit 0; logsumexp over the row = logsumexp of [lse(in-batch), own, log(N-1)].
+    """
+    positive = logits.gather(1, labels[:, None])[:, 0]                                  # [n]
+    if mode == "multiply":
+        others = math.log(logits.shape[1] - 1) if logits.shape[1] > 1 else -math.inf
+        parts = [hard_negative_weight * hard_negative_cosine, torch.full_like(hard_negative_cosine, others)]
+    elif mode == "add":
+        parts = [hard_negative_cosine + math.log(hard_negative_weight)]
+    else:
+        raise ValueError(f"hard-negative weighting must be 'multiply' or 'add', got {mode!r}")
+    row = torch.logsumexp(torch.stack([torch.logsumexp(logits, dim=1), *parts], dim=1), dim=1)
+    return (row - positive).sum()
 
 
 def margin_loss(delta: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -142,20 +163,21 @@ class ClusterNegativeSampler(nn.Module):
         # Centroids are not unit vectors (the 'sum' update grows them): compare by cosine, as the assignment does.
         hard_negative = F.normalize(self.centroids[assignment[:, 1]], dim=-1)                # [n,D], no gradient
         hard_negative_cosine = (z1 * hard_negative.to(z1.dtype)).sum(dim=-1)                 # [n]
-        extended = weighted_logits(logits, hard_negative_cosine / self.temperature, labels,
-                                   self.hard_negative_weight, self.weighting)                # [n,2N]
-        loss = F.cross_entropy(extended, labels, reduction="sum")
+        loss = hard_negative_cross_entropy(logits, hard_negative_cosine / self.temperature, labels,
+                                           self.hard_negative_weight, self.weighting)
 
         # False negatives: pairs whose z1 share the nearest centroid, the anchor's own pair excluded.
         cluster = assignment[:, 0]
         cluster_all, _ = gather_rows(cluster, with_grad=False)                               # [N]
-        own = F.one_hot(labels, logits.shape[1]).bool()
+        own = torch.arange(logits.shape[1], device=device)[None, :] == labels[:, None]        # [n,N]
         same_cluster = (cluster[:, None] == cluster_all[None, :]) & ~own                     # [n,N]
         delta = logits - logits.gather(1, labels[:, None])                                   # cos(i,j) - cos(i,i)
         flagged = same_cluster.to(logits.dtype)
         margin = (margin_loss(delta, self.alpha, self.beta) * flagged).sum()
         pairs = flagged.sum()
-        false_negative = self.false_negative_weight * global_mean(margin, pairs)
+        # Mean over every entry of the global [N,N] matrix, flagged or not, as the original does (its weight 1e-4 is
+        # set for that scale); the original's unflagged entries add a constant 0.2 each, no gradient, left out here.
+        false_negative = self.false_negative_weight * global_mean(margin, logits.numel())
         stats.update(hard_negative_sim=hard_negative_cosine.detach().mean(),
                      false_negative_pairs=all_reduce_sum(pairs.detach()))
         return {"local_text": global_mean(loss, n), "false_negative": false_negative}, stats

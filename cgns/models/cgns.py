@@ -62,10 +62,11 @@ class CGNSConfig:
     decoder_layers: int = 6
     decoder_heads: int = 8
     decoder_feedforward: int = 2048
-    # weight on the local terms (local_image, local_text, false_negative); METHOD.md's 1.0 assumes pretrained
-    # encoders. From random init the SimSiam term collapses the patch tokens within ~100 steps at weight 1 and drags
-    # the global alignment down with it; the CPU demo uses 0.1 (measured: probe +0.053 vs +0.001 at 300 steps).
-    local_weight: float = 1.0
+    # weights on the local terms: loss 2 (local_image, SimSiam) and loss 3 (local_text + false_negative).
+    # METHOD.md's 1.0 assumes pretrained encoders. From random init the SimSiam term collapses the patch tokens
+    # within ~100 steps at weight 1 and drags the global alignment down with it; the CPU demo lowers it.
+    local_image_weight: float = 1.0
+    local_text_weight: float = 1.0
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -80,8 +81,9 @@ class CGNSConfig:
             raise ValueError(f"hard_negative_mode must be 'multiply' or 'add', got {self.hard_negative_mode!r}")
         if self.use_cgns and not self.use_local:
             raise ValueError("use_cgns needs use_local (CGNS acts on the local text loss)")
-        if self.local_weight < 0:
-            raise ValueError(f"local_weight must be >= 0, got {self.local_weight}")
+        if self.local_image_weight < 0 or self.local_text_weight < 0:
+            raise ValueError(f"local_image_weight / local_text_weight must be >= 0, got {self.local_image_weight} / "
+                             f"{self.local_text_weight}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
 
@@ -91,6 +93,11 @@ class CGNSConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "CGNSConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if "local_weight" in values:  # checkpoints written before the two local weights were split
+            values = dict(values)
+            shared = values.pop("local_weight")
+            values.setdefault("local_image_weight", shared)
+            values.setdefault("local_text_weight", shared)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown CGNSConfig fields: {', '.join(unknown)}")
@@ -125,6 +132,11 @@ def sentence_features(tokens: torch.Tensor, sentence_index: torch.Tensor):
     return sums / counts.clamp(min=1.0)[..., None], counts > 0
 
 
+def _extended(linear: nn.Linear) -> torch.Tensor:
+    """A Linear's weight with its bias appended as a last column: [D_out, D_in+1], so that linear(x) = A [x, 1]."""
+    return torch.cat([linear.weight, linear.bias[:, None]], dim=1)
+
+
 class SigmoidCrossAttention(nn.Module):
     """Single-head cross-attention between a sample's patches and its sentences, sigmoid instead of softmax.
 
@@ -132,7 +144,16 @@ class SigmoidCrossAttention(nn.Module):
     forward(patches [B,L,D], sentences [B,S,D], sentence_mask bool[B,S]) -> dict(
         text_to_patch [B,L,D] (one text-to-image vector per patch),
         image_to_sentence [B,S,D] (one image-to-text vector per sentence; padding rows are meaningless),
-        patch_attention [B,L,S], sentence_attention [B,S,L]).
+        patch_attention [B,L,S], sentence_attention [B,S,L],
+        text_to_patch_factors = (patch_attention, text values [B,S,D]), whose product is text_to_patch).
+
+    The image projections are never applied to the patches: every use of them is reassociated onto the sentence
+    side (S ~ 10 rows per sample instead of L = 196), the same function with far fewer flops. With [x, 1] the
+    affine extension of x and A = [W | b] a Linear's extended weight [D, D+1], each score is a bilinear form
+        image_query(p) . text_key(s)  = [p,1] G_patch [s,1]^T,      G_patch = A_image_query^T A_text_key
+        text_query(s) . image_key(p)  = [p,1] G_sentence [s,1]^T,   G_sentence = A_image_key^T A_text_query
+    so the (D+1)^2 forms are folded onto the sentences and meet the patches in one batched product; and
+        attention @ image_value(patches) = (attention @ patches) @ Wv^T + attention.sum(-1) * bv.
     """
 
     def __init__(self, dim: int):
@@ -142,15 +163,26 @@ class SigmoidCrossAttention(nn.Module):
         self.text_query, self.text_key, self.text_value = (nn.Linear(dim, dim) for _ in range(3))
 
     def forward(self, patches, sentences, sentence_mask):
-        real = sentence_mask.to(patches.dtype)                                                   # [B,S]
-        patch_scores = self.image_query(patches) @ self.text_key(sentences).transpose(1, 2)     # [B,L,S]
+        batch, num_sentences, dim = sentences.shape
+        # The 1/sqrt(D) scale goes into the small forms, not onto the [B,L,2S] scores (nor their gradient).
+        forms = torch.cat([_extended(self.image_query).T @ _extended(self.text_key),
+                           _extended(self.image_key).T @ _extended(self.text_query)]) * self.scale       # [2(D+1),D+1]
+        folded = F.linear(sentences, forms[:, :dim], forms[:, dim])                                     # [B,S,2(D+1)]
+        folded = folded.view(batch, num_sentences, 2, dim + 1).transpose(1, 2).reshape(batch, -1, dim + 1)
+        # Patch-side coordinate D multiplies the constant 1: a per-sentence bias. Columns: S patch-query scores,
+        # then S sentence-query scores.
+        scores = torch.baddbmm(folded[..., dim][:, None, :], patches, folded[..., :dim].transpose(1, 2))  # [B,L,2S]
+        weights = torch.sigmoid(scores)
         # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
-        patch_attention = torch.sigmoid(patch_scores * self.scale) * real[:, None, :]
-        sentence_scores = self.text_query(sentences) @ self.image_key(patches).transpose(1, 2)  # [B,S,L]
-        sentence_attention = torch.sigmoid(sentence_scores * self.scale)
-        return {"text_to_patch": patch_attention @ self.text_value(sentences),                  # [B,L,D]
-                "image_to_sentence": sentence_attention @ self.image_value(patches),            # [B,S,D]
-                "patch_attention": patch_attention, "sentence_attention": sentence_attention}
+        patch_attention = weights[..., :num_sentences] * sentence_mask.to(weights.dtype)[:, None, :]   # [B,L,S]
+        sentence_attention = weights[..., num_sentences:].transpose(1, 2)                               # [B,S,L]
+        image_to_sentence = (F.linear(sentence_attention @ patches, self.image_value.weight)
+                             + sentence_attention.sum(dim=-1, keepdim=True) * self.image_value.bias)    # [B,S,D]
+        value = self.text_value(sentences)                                                              # [B,S,D]
+        return {"text_to_patch": patch_attention @ value,                                               # [B,L,D]
+                "image_to_sentence": image_to_sentence,
+                "patch_attention": patch_attention, "sentence_attention": sentence_attention,
+                "text_to_patch_factors": (patch_attention, value)}                          # for simsiam_loss
 
 
 class CGNSModel(nn.Module):
@@ -259,7 +291,8 @@ class CGNSModel(nn.Module):
         if config.use_local or reconstruct:
             attention = self.cross_attention(patches, sentences, sentence_mask)
         if config.use_local:
-            losses.update(simsiam_loss(patches, attention["text_to_patch"], self.predictor))
+            losses.update(simsiam_loss(patches, attention["text_to_patch"], self.predictor,
+                                        attention["text_to_patch_factors"]))
             # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
             z1, z2 = sentences[sentence_mask], attention["image_to_sentence"][sentence_mask]
             if config.use_cgns:
@@ -268,10 +301,11 @@ class CGNSModel(nn.Module):
             else:
                 text_losses = sentence_contrastive_loss(z1, z2, config.local_temperature)
             losses.update(text_losses)
-            if config.local_weight != 1.0:
-                for name in ("local_image", "local_text", "false_negative"):
-                    if name in losses:
-                        losses[name] = config.local_weight * losses[name]
+            weights = {"local_image": config.local_image_weight, "local_text": config.local_text_weight,
+                       "false_negative": config.local_text_weight}
+            for name, weight in weights.items():
+                if name in losses and weight != 1.0:
+                    losses[name] = weight * losses[name]
         if reconstruct:
             reconstruction = self.decoder(patches, attention["text_to_patch"])
             losses.update(reconstruction_loss(reconstruction, images, config.mir_weight))

@@ -46,24 +46,32 @@ class AttentionPool(nn.Module):
 
     def forward(self, tokens, mask=None):
         batch, length, dim = tokens.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
         if mask is None:
             mean = tokens.mean(dim=1)
-            attend = None
         else:
             weight = mask.to(tokens.dtype)[..., None]                                 # [B,N,1]
             mean = (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
-            # The query token itself is always attendable, so a row is never fully masked.
-            attend = torch.cat([mask.new_ones(batch, 1), mask], dim=1)[:, None, None, :]   # [B,1,1,1+N]
         sequence = torch.cat([mean[:, None], tokens], dim=1)                          # [B,1+N,D]
         if self.positional_embedding is not None:
             sequence = sequence + self.positional_embedding.to(sequence.dtype)
-        head_dim = dim // self.num_heads
-        # Only position 0 is kept, so only its query is computed.
-        query = self.q_proj(sequence[:, :1]).view(batch, 1, self.num_heads, head_dim).transpose(1, 2)   # [B,H,1,hd]
-        key = self.k_proj(sequence).view(batch, 1 + length, self.num_heads, head_dim).transpose(1, 2)  # [B,H,1+N,hd]
-        value = self.v_proj(sequence).view(batch, 1 + length, self.num_heads, head_dim).transpose(1, 2)
-        pooled = F.scaled_dot_product_attention(query, key, value, attn_mask=attend)                  # [B,H,1,hd]
-        return self.c_proj(pooled.transpose(1, 2).reshape(batch, dim))
+        # Only position 0 is kept, so there is one query per head, and the key/value projections are moved onto it
+        # instead of being applied to all 1+N positions (same function, about (N+2)/2 times fewer flops):
+        #   q_h . (Wk_h x_j + bk_h) = (Wk_h^T q_h) . x_j + q_h . bk_h
+        #   sum_j a_hj (Wv_h x_j + bv_h) = Wv_h (sum_j a_hj x_j) + bv_h      (softmax weights sum to 1)
+        query = self.q_proj(sequence[:, 0]).view(batch, heads, head_dim) * head_dim ** -0.5            # [B,H,hd]
+        folded = torch.einsum("bhe,hed->bhd", query, self.k_proj.weight.view(heads, head_dim, dim))  # [B,H,D]
+        # q . bk is the same for every position, so softmax cancels it; kept so k_proj.bias stays in the graph.
+        key_bias = (query * self.k_proj.bias.view(heads, head_dim)).sum(dim=-1, keepdim=True)           # [B,H,1]
+        scores = torch.baddbmm(key_bias, folded, sequence.transpose(1, 2))                             # [B,H,1+N]
+        if mask is not None:
+            # The query token itself is always attendable, so a row is never fully masked.
+            attend = torch.cat([mask.new_ones(batch, 1), mask], dim=1)                                 # [B,1+N]
+            scores = scores.masked_fill(~attend[:, None, :], float("-inf"))
+        mixed = scores.softmax(dim=-1) @ sequence                                                      # [B,H,D]
+        pooled = (torch.einsum("bhd,hed->bhe", mixed, self.v_proj.weight.view(heads, head_dim, dim))
+                  + self.v_proj.bias.view(heads, head_dim))                                           # [B,H,hd]
+        return self.c_proj(pooled.reshape(batch, dim))
 
 
 class ViTEncoder(nn.Module):
