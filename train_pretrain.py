@@ -32,12 +32,12 @@ PRESETS = {
                  batch_size=32, lr=3e-4, stage1_epochs=20, stage2_epochs=2, warmup_epochs=1.0, amp="none",
                  clip_grad=1.0, text_hidden_size=128, text_layers=2, text_heads=4, decoder_layers=2,
                  decoder_heads=4, decoder_feedforward=256, local_image_weight=0.1,
-                 local_text_weight=0.1),
+                 local_text_weight=0.1, kmeans_reseed_share=0.0),
     "paper": dict(image_encoder="vit_base", image_size=224, embed_dim=768, num_clusters=128, max_length=256,
                   batch_size=64, lr=1e-5, stage1_epochs=10, stage2_epochs=20, warmup_epochs=1.0, amp="fp16",
                   clip_grad=0.0, text_hidden_size=768, text_layers=12, text_heads=12, decoder_layers=6,
                   decoder_heads=8, decoder_feedforward=2048, local_image_weight=1.0,
-                  local_text_weight=1.0),
+                  local_text_weight=1.0, kmeans_reseed_share=0.0),
 }
 
 
@@ -64,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="hard-negative weights multiply the logits (original) or add log-weights (ClusterNS)")
     model.add_argument("--kmeans-update", choices=["sum", "mean"], default="sum",
                        help="centroid momentum update from the members' sum (original) or mean")
+    model.add_argument("--kmeans-reseed-share", type=float,
+                       help="re-initialise the centroids when one holds more than this share of a step's sentences "
+                            "(0: never, the original)")
     model.add_argument("--local-image-weight", type=float,
                        help="weight of loss 2, local image SimSiam (METHOD.md: 1; see CGNSConfig for the demo's)")
     model.add_argument("--local-text-weight", type=float,
@@ -119,6 +122,7 @@ def model_config(args, tokenizer, tokenizer_dir: str):
                   text_num_heads=args.text_heads, text_max_positions=max(512, args.max_length),
                   pad_token_id=tokenizer.pad_token_id, max_length=args.max_length, tokenizer_dir=tokenizer_dir,
                   embed_dim=args.embed_dim, num_clusters=args.num_clusters, kmeans_mode=args.kmeans_update,
+                  kmeans_reseed_share=args.kmeans_reseed_share,
                   hard_negative_mode=args.cgns_weighting, decoder_layers=args.decoder_layers,
                   decoder_heads=args.decoder_heads, decoder_feedforward=args.decoder_feedforward,
                   kmeans_seed=args.seed, use_cgns=not (args.no_cgns or args.no_local), use_mir=not args.no_mir,

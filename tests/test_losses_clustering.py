@@ -64,7 +64,7 @@ def test_eval_freezes_the_state_and_state_dict_round_trips():
     sampler(z1, z2)                                                # starts
     sampler(z1, z2)                                                # moves
     state = {k: v.clone() for k, v in sampler.state_dict().items()}
-    assert set(state) == {"centroids", "started", "started_step", "step"}
+    assert set(state) == {"centroids", "started", "started_step", "step", "reseeds"}
     sampler.eval()
     losses, _ = sampler(*pairs(seed=1))
     for key, value in sampler.state_dict().items():                # nothing moved in eval, not even the step
@@ -111,3 +111,22 @@ def test_hard_negative_cross_entropy_equals_the_extended_matrix(mode):
     torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(torch.autograd.grad(fused, (logits, hard)),
                                torch.autograd.grad(reference, (logits, hard)))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_reseed_spreads_a_collapsed_clustering_only_when_asked(share):
+    """Centroids started on spread points, then every sentence moves into one narrow cone: without reseeding one
+    centroid takes them all; with reseed_share 0.5 the greedy chain restarts on the cone and splits it."""
+    sampler = ClusterNegativeSampler(8, num_clusters=4, reseed_share=share)
+    z1, z2 = pairs(n=32)
+    sampler(z1, z2)                                                 # starts on spread points (mean cosine ~0)
+    generator = torch.Generator().manual_seed(1)
+    cone = torch.ones(32, 8) + 0.2 * torch.randn(32, 8, generator=generator)
+    _, stats = sampler(cone, cone + 0.01 * torch.randn(32, 8, generator=generator))
+    assert int(stats["cluster_sizes"].max()) == 32                  # the update step sees the collapse
+    _, stats = sampler(cone, cone.clone())
+    largest = int(stats["cluster_sizes"].max())
+    if share == 0:
+        assert largest == 32 and int(sampler.reseeds) == 0
+    else:
+        assert int(sampler.reseeds) >= 1 and largest < 32

@@ -90,14 +90,19 @@ class ClusterNegativeSampler(nn.Module):
 
     losses: 'local_text' (cross-entropy over z1 x z2 cosines, plus the hard-negative columns once k-means has
     started) and 'false_negative' (weighted margin loss over same-cluster pairs; 0 before the start).
-    stats (tensors, detached): kmeans_started, kmeans_started_step, mean_cosine, hard_negative_sim,
+    stats (tensors, detached): kmeans_started, kmeans_started_step, kmeans_reseeds, mean_cosine, hard_negative_sim,
     false_negative_pairs, cluster_sizes [K].
+
+    reseed_share (0 = off, the original): when one centroid takes more than this share of a step's sentences, the
+    centroids are re-initialised by the greedy chain from that step's z2. Online k-means started on features that
+    then move (a randomly initialised model's do, a lot) otherwise keeps one live centroid and K-1 dead ones: every
+    sentence in one cluster, so every pair a "false negative" and one shared "hard negative".
     """
 
     def __init__(self, dim: int, num_clusters: int = 128, lr: float = 1e-3, mode: str = "sum",
                  start_cosine: float = 0.4, hard_negative_weight: float = 3.0, weighting: str = "multiply",
                  alpha: float = 0.2, beta: float = 0.5, false_negative_weight: float = 1e-4,
-                 temperature: float = 1.0, seed: int = 0):
+                 temperature: float = 1.0, seed: int = 0, reseed_share: float = 0.0):
         super().__init__()
         if num_clusters < 2:
             raise ValueError(f"CGNS needs at least 2 clusters (nearest and second-nearest), got {num_clusters}")
@@ -107,19 +112,31 @@ class ClusterNegativeSampler(nn.Module):
         self.start_cosine, self.hard_negative_weight, self.weighting = start_cosine, hard_negative_weight, weighting
         self.alpha, self.beta, self.false_negative_weight = alpha, beta, false_negative_weight
         self.temperature, self.seed = temperature, seed
+        if not 0 <= reseed_share <= 1:
+            raise ValueError(f"k-means reseed share must be in [0, 1] (0 = off), got {reseed_share}")
+        self.reseed_share = reseed_share
         self.register_buffer("centroids", torch.zeros(num_clusters, dim))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
         self.register_buffer("started_step", torch.full((), -1, dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("reseeds", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the reseed counter existed load with a count of 0
+        state_dict.setdefault(prefix + "reseeds", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def initialise(self, points_all: torch.Tensor) -> None:
+    def initialise(self, points_all: torch.Tensor, reseed: bool = False) -> None:
         """Greedy-chain initialisation from every rank's z2 (identical on all ranks, so no broadcast needed)."""
         # The first pick is random but seeded by the step, so every rank (and a resumed run) picks the same one.
         generator = torch.Generator().manual_seed(self.seed + int(self.step))
         first = int(torch.randint(points_all.shape[0], (1,), generator=generator))
         chosen = greedy_chain(points_all.to(self.centroids.dtype), self.num_clusters, first)
         self.centroids.copy_(F.normalize(points_all[chosen].to(self.centroids.dtype), dim=-1))
+        if reseed:
+            self.reseeds += 1
+            return
         self.started.fill_(True)
         self.started_step.copy_(self.step)
 
@@ -149,9 +166,12 @@ class ClusterNegativeSampler(nn.Module):
                     self.initialise(z2_all.detach())
             else:
                 cluster_sizes = self.update(F.normalize(image_to_sentence.detach(), dim=-1))
+                if self.reseed_share > 0 and bool(cluster_sizes.max() > self.reseed_share * cluster_sizes.sum()):
+                    self.initialise(z2_all.detach(), reseed=True)
             self.step += 1
 
         stats = {"kmeans_started": self.started.float(), "kmeans_started_step": self.started_step.clone(),
+                 "kmeans_reseeds": self.reseeds.clone(),
                  "mean_cosine": mean_cosine, "cluster_sizes": cluster_sizes}
         if not use_hard_negatives:
             loss = F.cross_entropy(logits, labels, reduction="sum")

@@ -50,6 +50,7 @@ class CGNSConfig:
     kmeans_lr: float = 1e-3
     kmeans_mode: str = "sum"                 # 'sum' (the original) | 'mean'
     kmeans_start_cosine: float = 0.4
+    kmeans_reseed_share: float = 0.0         # 0: off (the original); see ClusterNegativeSampler
     hard_negative_weight: float = 3.0
     hard_negative_mode: str = "multiply"     # 'multiply' (the original) | 'add' (log-weights, ClusterNS)
     false_negative_alpha: float = 0.2
@@ -221,7 +222,7 @@ class CGNSModel(nn.Module):
                 dim, config.num_clusters, config.kmeans_lr, config.kmeans_mode, config.kmeans_start_cosine,
                 config.hard_negative_weight, config.hard_negative_mode, config.false_negative_alpha,
                 config.false_negative_beta, config.false_negative_weight, config.local_temperature,
-                config.kmeans_seed)
+                config.kmeans_seed, config.kmeans_reseed_share)
         if config.use_mir:
             self.decoder = build_decoder(config.image_encoder, dim, self.image_encoder.grid,
                                          self.image_encoder.patch_stride, num_layers=config.decoder_layers,
