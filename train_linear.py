@@ -23,6 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without val improvement")
+    parser.add_argument("--select-by", choices=["loss", "metric"], default="loss",
+                        help="best epoch by validation loss (MGCA's monitor; stable on small validation sets) or by "
+                             "the validation AUROC / accuracy")
     parser.add_argument("--feature-cache", default=None,
                         help="folder for cached features (default <output-dir>/feature_cache)")
     parser.add_argument("--no-cache", action="store_true",
@@ -41,7 +44,8 @@ def main(argv=None) -> dict:
         args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
         checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
         data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, patience=args.patience, device=device, output_dir=output_dir,
+        weight_decay=args.weight_decay, patience=args.patience, select_by=args.select_by, device=device,
+        output_dir=output_dir,
         feature_cache=args.feature_cache, cache_features=not args.no_cache, augmented_views=args.augmented_views,
         num_workers=args.num_workers)
     print(paper_row(args.dataset, results, "val"))

@@ -136,3 +136,14 @@ def test_imagenet_format_weights_are_loaded(encoder, tmp_path):
     loaded, source = load_frozen_encoder("vit_tiny", SIZE, image_weights=path)
     assert source["origin"].startswith("image_weights:")
     assert encoder_fingerprint(loaded, "cls") == encoder_fingerprint(encoder, "cls")
+
+
+def test_best_epoch_selection_by_loss_or_by_metric():
+    from cgns.engine.linear import _monitor_key
+
+    early = {"loss": 0.40, "auroc": 0.70}        # lower validation loss
+    late = {"loss": 0.55, "auroc": 0.75}         # higher validation AUROC
+    assert _monitor_key(early, "auroc", "loss") > _monitor_key(late, "auroc", "loss")
+    assert _monitor_key(late, "auroc", "metric") > _monitor_key(early, "auroc", "metric")
+    tie = {"loss": 0.50, "auroc": 0.75}
+    assert _monitor_key(tie, "auroc", "metric") > _monitor_key(late, "auroc", "metric")   # tie -> lower loss
