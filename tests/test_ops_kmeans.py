@@ -20,7 +20,8 @@ SHAPES = [(0, 16, 4), (1, 3, 2), (37, 13, 2), (300, 77, 5), (200, 40, 100), (700
 
 @pytest.fixture(params=["default", "blas"])
 def cpu_path(request, monkeypatch):
-    """The float32 CPU assign has two tile paths: AVX-512 micro-kernel (default where the CPU has it) and BLAS."""
+    """The float32 CPU assign has two tile paths: AVX-512 micro-kernel (default where the CPU has it) and BLAS.
+    The same switch (CGNS_NO_AVX512=1) moves the CPU kmeans_update from its AVX-512 build to its baseline one."""
     if request.param == "blas":
         monkeypatch.setenv("CGNS_NO_AVX512", "1")
     return request.param
@@ -134,9 +135,11 @@ def test_assign_parallel_tiles_are_deterministic(extension):
 
 
 @pytest.mark.parametrize("device,dtype,tol", CASES)
-@pytest.mark.parametrize("n,d,k", [(0, 8, 3), (1, 5, 1), (257, 13, 2), (600, 70, 128)])
-def test_update_matches_reference(extension, device, dtype, tol, n, d, k):
+@pytest.mark.parametrize("n,d,k", [(0, 8, 3), (1, 5, 1), (257, 13, 2), (600, 70, 128), (500, 300, 4)])
+def test_update_matches_reference(extension, cpu_path, device, dtype, tol, n, d, k):
     _device_ready(device, extension)
+    if device == "cuda" and cpu_path == "blas":
+        pytest.skip("CPU-only switch")
     gen = torch.Generator().manual_seed(n + d + k)
     points = torch.randn(n, 2 * d, generator=gen, dtype=torch.float64)[:, ::2].to(device, dtype)  # strided
     index = torch.randint(0, k, (n,), generator=gen).to(device)
@@ -145,6 +148,38 @@ def test_update_matches_reference(extension, device, dtype, tol, n, d, k):
     assert sums.shape == (k, d) and sums.dtype == dtype and counts.dtype == torch.long
     assert torch.equal(counts.cpu(), ref_counts.cpu()) and int(counts.sum()) == n
     torch.testing.assert_close(sums.cpu().double(), ref_sums.cpu(), atol=max(tol, 1e-12) * 20, rtol=tol * 10)
+
+
+def point_order_sums(points, index, k):
+    """sums[index[n]] += points[n] for n = 0, 1, ..., N-1, in the points' dtype: the sequential loop."""
+    sums = torch.zeros(k, points.shape[1], dtype=points.dtype)
+    for n in range(points.shape[0]):
+        sums[index[n]] += points[n]
+    return sums
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d,k", [(300, 129, 7), (60, 3, 100), (400, 256, 1), (250, 200, 3)])
+def test_update_equals_point_order_loop(extension, cpu_path, dtype, n, d, k):
+    """The CPU kernel adds every sum element in point order, from zero, on each of its vector builds and for any
+    thread count, so it equals the sequential loop bit for bit. Shapes: D with a tail past the last whole vector,
+    D below one vector, K=1, and K > N, which leaves clusters empty: the kernel fills an uninitialised tensor, which
+    deterministic mode pre-fills with NaN, so a sum it failed to write shows."""
+    gen = torch.Generator().manual_seed(n + d + k)
+    points = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
+    index = torch.randint(0, k, (n,), generator=gen)
+    expected = point_order_sums(points, index, k)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            sums, counts = ops.kmeans_update(points, index, k)
+            assert torch.equal(sums, expected), f"{count} threads"
+            assert torch.equal(counts, torch.bincount(index, minlength=k))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def test_update_deterministic_and_checked(extension):

@@ -58,9 +58,11 @@ def test_masked_patch_gather_non_contiguous(extension, device):
     assert torch.equal(out, reference.reference_masked_patch_gather(tokens, index))
 
 
-# (B, C, H, W, p, M): one-pixel patches, non-square image, grey and RGB, duplicates, empty
+# (B, C, H, W, p, M): one-pixel patches, non-square image, grey and RGB, duplicates, empty; one tall image whose
+# plane the CPU kernel splits into bands of patch rows, with densely picked rows (more picks than patches); few
+# picks, so that most patch rows are skipped and the others sparsely picked.
 IMAGE_SHAPES = [(0, 3, 8, 8, 4, 2), (2, 1, 8, 8, 4, 0), (2, 1, 6, 10, 1, 7), (2, 3, 12, 8, 4, 9),
-                (2, 3, 64, 48, 16, 12)]
+                (2, 3, 64, 48, 16, 12), (1, 2, 48, 16, 4, 40), (3, 3, 20, 28, 4, 3)]
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -81,6 +83,41 @@ def test_gather_patches_hand_computed(extension):
     out = ops.gather_patches(images, 2, torch.tensor([[1, 2]]))
     assert out[0, 0].tolist() == [2, 3, 6, 7, 18, 19, 22, 23]
     assert out[0, 1].tolist() == [8, 9, 12, 13, 24, 25, 28, 29]
+
+
+# (dtype, B, C, H, W, p, M): outputs over 1 MB whose pieces are whole cache lines, which the CPU forward writes
+# with streaming stores; more picks than patches, so patches repeat and every patch row is picked.
+STREAMED_SHAPES = [(torch.float32, 3, 3, 64, 96, 16, 150), (torch.float64, 2, 2, 40, 64, 8, 600)]
+
+
+@pytest.mark.parametrize("dtype,b,c,h,w,p,m", STREAMED_SHAPES)
+def test_gather_patches_large_outputs(extension, dtype, b, c, h, w, p, m):
+    gen = torch.Generator().manual_seed(m)
+    images = torch.randn(b, c, h, w, generator=gen).to(dtype)
+    index = torch.randint(0, (h // p) * (w // p), (b, m), generator=gen)
+    expected = reference.reference_gather_patches(images, p, index)
+    assert expected.numel() * expected.element_size() > 2 ** 20
+    assert torch.equal(ops.gather_patches(images, p, index), expected)
+    # The same into an `out` that starts one element past a cache line: the kernel must fall back to plain stores.
+    buffer = torch.full((expected.numel() + 1,), float("nan"), dtype=dtype)
+    out = buffer[1:].view(expected.shape)
+    assert out.is_contiguous() and out.data_ptr() % 64 != 0
+    extension.gather_patches_forward(images, p, index, out=out)
+    assert torch.equal(out, expected)
+
+
+def test_gather_patches_forward_two_threads(extension):
+    """Two threads split one plane's patch rows between them; every picked pixel still lands once, in place."""
+    gen = torch.Generator().manual_seed(11)
+    images = torch.randn(1, 1, 96, 32, generator=gen)
+    index = torch.randint(0, 24 * 8, (1, 100), generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = extension.gather_patches_forward(images, 4, index)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out, reference.reference_gather_patches(images, 4, index))
 
 
 def test_gathers_gradcheck_float64(extension):

@@ -2,16 +2,24 @@
 
 Ceilings are measured here, in the same run: float32 GEMM GFLOP/s (torch.mm, 2048^3) and copy GB/s (copy_ of a
 256 MB tensor, read + write bytes). Each op is timed against the best pure-torch formulation of the same work
-(kmeans_assign: normalize + matmul + topk; gathers: torch.gather / F.unfold + gather and their autograd backward),
-interleaving the two and keeping the best of the repeats. Gathers write into preallocated outputs on both sides
-(`out=`) so the allocator's first-touch page faults, identical for both, do not hide the copy rate; their
-backwards allocate as torch's do. --quick uses batch 64 for the gathers (19 MB outputs, partly cache-resident), the
-full run batch 256 (77 MB outputs, far beyond a 32 MB L3). On CUDA (when built and present): kmeans_assign at
-N=262,144 in float32 and bfloat16.
+(kmeans_assign: normalize + matmul + topk; kmeans_update: index_add_ + bincount; gathers: torch.gather /
+F.unfold + gather and their autograd backward), interleaving the two and keeping the best of the repeats. Gathers
+write into preallocated outputs on both sides (`out=`) so the allocator's first-touch page faults, identical for
+both, do not hide the copy rate; their backwards allocate as torch's do.
+
+Bandwidth of a gather forward = (bytes the op must read + bytes it writes) / time, counted like the copy ceiling
+(read + write): the picked rows or pixels once, read, and the output once, written, i.e. 2 x the output's bytes.
+What the hardware moves beyond that is not credited: the write-allocate reads of regular stores, or the whole
+image rows the gather_patches kernel streams in when a patch row is densely picked (unpicked pixels included).
+Sizes: --quick uses batch 64 for the gathers (38 MB of images, 19 MB of outputs: partly cache-resident), the full
+run batch 256 (154 MB of images or tokens, 77 MB of outputs); each note gives the footprint against the
+last-level cache read from sysfs. On CUDA (when built and present): kmeans_assign at N=262,144 in float32 and
+bfloat16.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +52,25 @@ def best_of(fn, reps):
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def last_level_cache_mb():
+    """Size of this CPU's largest cache in MiB (sysfs), or None where it cannot be read."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):   # e.g. "32768K"
+        try:
+            text = entry.read_text().strip()
+            sizes.append(int(text.rstrip("KM")) * {"K": 2 ** 10, "M": 2 ** 20}.get(text[-1:], 1))
+        except (OSError, ValueError):
+            continue
+    return max(sizes) / 2 ** 20 if sizes else None
+
+
+def footprint(*tensors):
+    """'N MiB = Kx the M MiB LLC': how far the tensors' bytes lie beyond the last-level cache."""
+    mb = sum(t.numel() * t.element_size() for t in tensors) / 2 ** 20
+    cache = last_level_cache_mb()
+    return f"{mb:.0f} MiB" + (f" = {mb / cache:.1f}x the {cache:.0f} MiB LLC" if cache else "")
 
 
 def row(name, ours_s, base_s, note):
@@ -79,10 +106,14 @@ def kmeans_rows(ext, quick, gemm):
     rate = 2 * n * k * d / ours / 1e9
     rows = [row(f"kmeans_assign N={n} K={k} D={d} fp32", ours, base,
                 f"{rate:.0f} GFLOP/s = {100 * rate / gemm:.0f}% of the GEMM ceiling; vs normalize+matmul+topk")]
-    index = torch.randint(0, k, (n,), generator=gen)
-    ours, base = best_pair(lambda: ext.kmeans_update(points, index, k),
-                           lambda: reference.reference_kmeans_update(points, index, k), reps)
-    rows.append(row(f"kmeans_update N={n} K={k} D={d} fp32", ours, base, "vs index_add_ + bincount"))
+    # kmeans_update at the same size (points cache-resident), then, in the full run, 16x the points (beyond it).
+    for n_update, update_reps in [(n, reps)] + ([] if quick else [(16 * n, 5)]):
+        points = torch.randn(n_update, d, generator=gen)
+        index = torch.randint(0, k, (n_update,), generator=gen)
+        ours, base = best_pair(lambda: ext.kmeans_update(points, index, k),
+                               lambda: reference.reference_kmeans_update(points, index, k), update_reps)
+        rows.append(row(f"kmeans_update N={n_update} K={k} D={d} fp32", ours, base,
+                        f"points {footprint(points)}; vs index_add_ + bincount"))
     return rows
 
 
@@ -93,11 +124,12 @@ def gather_rows(ext, quick, copy):
     index = torch.argsort(torch.rand(batch, 196, generator=gen), dim=1)[:, :picked]
     out = torch.empty(batch, picked, 768)
     expand = index[:, :, None].expand(-1, -1, 768)
-    moved = 2 * out.numel() * 4
+    moved = 2 * out.numel() * out.element_size()  # picked rows read once + output written once, as copy_ counts
     ours, base = best_pair(lambda: ext.masked_patch_gather_forward(tokens, index, out=out),
                            lambda: torch.gather(tokens, 1, expand, out=out), reps)
     rows = [row(f"masked_patch_gather fwd [{batch},196,768] M={picked}", ours, base,
-                f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; vs torch.gather")]
+                f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; "
+                f"tokens + out {footprint(tokens, out)}; vs torch.gather")]
     grad_out = torch.randn(batch, picked, 768, generator=gen)
     leaf = tokens.clone().requires_grad_(True)
     gathered = reference.reference_masked_patch_gather(leaf, index)
@@ -109,12 +141,13 @@ def gather_rows(ext, quick, copy):
     images = torch.randn(batch, 3, 224, 224, generator=gen)                # 154 MB at batch 256
     out = torch.empty(batch, picked, 3 * 16 * 16)
     expand = index[:, :, None].expand(-1, -1, 3 * 16 * 16)
+    moved = 2 * out.numel() * out.element_size()  # picked pixels read once + output written once
     ours, base = best_pair(lambda: ext.gather_patches_forward(images, 16, index, out=out),
                            lambda: torch.gather(F.unfold(images, 16, stride=16).transpose(1, 2), 1, expand,
                                                 out=out), reps)
     rows.append(row(f"gather_patches fwd [{batch},3,224,224] p=16 M={picked}", ours, base,
                     f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; "
-                    f"vs F.unfold + gather"))
+                    f"images + out {footprint(images, out)}; vs F.unfold + gather"))
     leaf = images.clone().requires_grad_(True)
     gathered = reference.reference_gather_patches(leaf, 16, index)
     ours, base = best_pair(lambda: ext.gather_patches_backward(grad_out, index, 16, 224, 224),

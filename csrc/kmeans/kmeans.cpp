@@ -108,7 +108,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update(const at::Tensor& points, const
               points.device());
   TORCH_CHECK(num_clusters >= 1, "kmeans_update: num_clusters must be >= 1, got ", num_clusters);
   check_device(points, "kmeans_update");
-  at::Tensor sums = at::zeros({num_clusters, points.size(1)}, points.options());
+  // The CPU kernel writes every sum; the CUDA one adds into zeros, as does nothing for N=0.
+  const bool fills_sums = points.is_cpu() && points.size(0) > 0;
+  at::Tensor sums = fills_sums ? at::empty({num_clusters, points.size(1)}, points.options())
+                               : at::zeros({num_clusters, points.size(1)}, points.options());
   at::Tensor counts = at::zeros({num_clusters}, points.options().dtype(at::kLong));
   if (points.size(0) == 0) return {sums, counts};
   at::Tensor contiguous_points = points.contiguous(), contiguous_index = index.contiguous();

@@ -28,7 +28,9 @@ namespace cgns {
 
 constexpr double kNormEps = 1e-12;  // as F.normalize: a zero vector stays zero
 
-// CPU kernels (kmeans_cpu.cpp); inputs already checked and contiguous, unit_centroids normalised.
+// CPU kernels; inputs already checked and contiguous. kmeans_assign_cpu (kmeans_cpu.cpp): unit_centroids
+// normalised. kmeans_update_cpu (kmeans_update_cpu.cpp): range-checks index, writes every element of sums (it may
+// be uninitialised) and adds into counts (zeros).
 void kmeans_assign_cpu(const at::Tensor& points, const at::Tensor& unit_centroids, at::Tensor& index,
                        at::Tensor& similarity);
 void kmeans_update_cpu(const at::Tensor& points, const at::Tensor& index, at::Tensor& sums, at::Tensor& counts);

@@ -1,6 +1,6 @@
-// CPU k-means kernels.
+// CPU kmeans_assign (kmeans_update is in kmeans_update_cpu.cpp).
 //
-// kmeans_assign: points are never normalised in memory: the ranking of p . c_k over k does not depend on |p|, so
+// Points are never normalised in memory: the ranking of p . c_k over k does not depend on |p|, so
 // only the two winners are divided by |p|. Two tile paths, both fusing the top-2 scan and the point norms while
 // the tile is hot, OpenMP over tiles of points:
 //   - float32 on a CPU with AVX-512: the register-blocked kernel of kmeans_cpu_avx512.cpp;
@@ -111,26 +111,6 @@ void assign_avx512(const at::Tensor& points, const at::Tensor& unit_centroids, a
   }
 }
 
-// Columns per task of kmeans_update: each task owns whole column ranges of every cluster, so no two threads
-// write the same sum and each sum is added in point order (deterministic, no per-thread partials).
-constexpr int64_t kUpdateColumns = 64;
-
-template <typename scalar_t>
-void update_sums(const at::Tensor& points, const at::Tensor& index, at::Tensor& sums) {
-  const int64_t num_points = points.size(0), dim = points.size(1);
-  const scalar_t* point_data = points.data_ptr<scalar_t>();
-  const int64_t* index_data = index.data_ptr<int64_t>();
-  scalar_t* sum_data = sums.data_ptr<scalar_t>();
-  at::parallel_for(0, dim, kUpdateColumns, [&](int64_t d0, int64_t d1) {
-    for (int64_t n = 0; n < num_points; ++n) {
-      const scalar_t* src = point_data + n * dim;
-      scalar_t* dst = sum_data + index_data[n] * dim;
-#pragma omp simd
-      for (int64_t d = d0; d < d1; ++d) dst[d] += src[d];
-    }
-  });
-}
-
 }  // namespace
 
 void kmeans_assign_cpu(const at::Tensor& points, const at::Tensor& unit_centroids, at::Tensor& index,
@@ -142,21 +122,6 @@ void kmeans_assign_cpu(const at::Tensor& points, const at::Tensor& unit_centroid
   at::Tensor centroids_t = unit_centroids.t();  // [D,K] view; BLAS reads it transposed
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "kmeans_assign_cpu", [&] {
     assign_tiles<scalar_t>(points, centroids_t, index, similarity);
-  });
-}
-
-void kmeans_update_cpu(const at::Tensor& points, const at::Tensor& index, at::Tensor& sums, at::Tensor& counts) {
-  const int64_t* index_data = index.data_ptr<int64_t>();
-  int64_t* count_data = counts.data_ptr<int64_t>();
-  const int64_t num_clusters = counts.size(0);
-  for (int64_t n = 0; n < index.numel(); ++n) {  // also the range check: cheap next to the D-wide sums
-    const int64_t k = index_data[n];
-    TORCH_CHECK(k >= 0 && k < num_clusters, "kmeans_update: index[", n, "] = ", k, " is outside [0, ",
-                num_clusters, ")");
-    ++count_data[k];
-  }
-  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "kmeans_update_cpu", [&] {
-    update_sums<scalar_t>(points, index, sums);
   });
 }
 

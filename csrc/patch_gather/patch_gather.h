@@ -34,8 +34,8 @@ int image_patch_scatter_add_cuda(DType dtype, const void* grad_out, const int64_
 
 namespace cgns {
 
-// CPU kernels (patch_gather_cpu.cpp); index checked and contiguous. The scatter-adds overwrite their whole
-// output (it may be uninitialised).
+// CPU kernels (patch_gather_cpu.cpp; image_patch_gather_cpu in patch_gather_cpu_image.cpp); index checked and
+// contiguous. The scatter-adds overwrite their whole output (it may be uninitialised).
 void token_gather_cpu(const at::Tensor& tokens, const at::Tensor& index, at::Tensor& out);
 void token_scatter_add_cpu(const at::Tensor& grad_out, const at::Tensor& index, at::Tensor& grad_tokens);
 void image_patch_gather_cpu(const at::Tensor& images, const at::Tensor& index, int64_t patch, at::Tensor& out);

@@ -1,5 +1,5 @@
-// CPU gathers: token rows are copied with memcpy (the forward runs near copy bandwidth); patch lines (p elements,
-// one image row apart) with an inlined vector copy and software prefetch of the patches ahead.
+// CPU gathers: token rows are copied with memcpy (the forward runs near copy bandwidth); the pixel-space forward
+// has its own file (patch_gather_cpu_image.cpp).
 // The backward scatter-adds with one thread per (sample, column block) or (sample, channel): every output
 // element is added to in index order by a single thread, so the result is deterministic. That thread also zeroes
 // its region right before adding into it (an L2-sized slab), which saves the separate zero-fill pass over the
@@ -17,8 +17,6 @@ namespace {
 
 // Rows per parallel task: enough work per task to amortise scheduling, small enough to balance.
 constexpr int64_t kRowGrain = 64;
-// Patches ahead whose lines gather_patches prefetches.
-constexpr int64_t kPrefetchPatches = 2;
 // Columns per backward task of the token gather.
 constexpr int64_t kColumnBlock = 256;
 
@@ -65,44 +63,6 @@ void scatter_tokens(const at::Tensor& grad_out, const at::Tensor& index, at::Ten
   });
 }
 
-// Copies one patch line: p elements, usually one cache line; inlined, a memcpy call per line costs more.
-template <typename scalar_t>
-inline void copy_line(scalar_t* to, const scalar_t* from, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) to[j] = from[j];
-}
-
-template <typename scalar_t>
-void gather_image_patches(const at::Tensor& images, const at::Tensor& index, int64_t patch, at::Tensor& out) {
-  const int64_t batch = index.size(0), picked = index.size(1), channels = images.size(1);
-  const int64_t height = images.size(2), width = images.size(3), grid_w = width / patch;
-  const int64_t row_len = channels * patch * patch;
-  const scalar_t* src = images.data_ptr<scalar_t>();
-  const int64_t* idx = index.data_ptr<int64_t>();
-  scalar_t* dst = out.data_ptr<scalar_t>();
-  // The C*p lines of a patch are a whole image row apart, too few per patch for the hardware prefetcher to
-  // lock on: request the lines of the patch kPrefetchPatches ahead while copying this one.
-  auto prefetch_patch = [&](int64_t row) {
-    const int64_t b = row / picked, py = idx[row] / grid_w, px = idx[row] % grid_w;
-    for (int64_t c = 0; c < channels; ++c) {
-      const scalar_t* plane = src + ((b * channels + c) * height + py * patch) * width + px * patch;
-      for (int64_t i = 0; i < patch; ++i)
-        for (int64_t j = 0; j < patch; j += 64 / sizeof(scalar_t)) __builtin_prefetch(plane + i * width + j);
-    }
-  };
-  at::parallel_for(0, batch * picked, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      if (row + kPrefetchPatches < end) prefetch_patch(row + kPrefetchPatches);
-      const int64_t b = row / picked, py = idx[row] / grid_w, px = idx[row] % grid_w;
-      scalar_t* to = dst + row * row_len;
-      for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t* plane = src + ((b * channels + c) * height + py * patch) * width + px * patch;
-        for (int64_t i = 0; i < patch; ++i, to += patch) copy_line(to, plane + i * width, patch);
-      }
-    }
-  });
-}
-
 template <typename scalar_t>
 void scatter_image_patches(const at::Tensor& grad_out, const at::Tensor& index, int64_t patch,
                            at::Tensor& grad_images) {
@@ -140,11 +100,6 @@ void token_gather_cpu(const at::Tensor& tokens, const at::Tensor& index, at::Ten
 void token_scatter_add_cpu(const at::Tensor& grad_out, const at::Tensor& index, at::Tensor& grad_tokens) {
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "masked_patch_gather_backward_cpu",
                              [&] { scatter_tokens<scalar_t>(grad_out, index, grad_tokens); });
-}
-
-void image_patch_gather_cpu(const at::Tensor& images, const at::Tensor& index, int64_t patch, at::Tensor& out) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "gather_patches_cpu",
-                                  [&] { gather_image_patches<scalar_t>(images, index, patch, out); });
 }
 
 void image_patch_scatter_add_cpu(const at::Tensor& grad_out, const at::Tensor& index, int64_t patch,
