@@ -56,7 +56,7 @@ PRESETS = {
              "counts": {"mimic_cxr": 40, "chexpert": 40, "chexpert_valid": 16, "rsna": 40, "covidx": 36,
                         "covidx_test": 18, "siim": 32, "object_cxr": 32, "object_cxr_dev": 12}},
     "demo": {"image_size": 256,
-             "counts": {"mimic_cxr": 1500, "chexpert": 1000, "chexpert_valid": 234, "rsna": 800, "covidx": 600,
+             "counts": {"mimic_cxr": 3000, "chexpert": 1000, "chexpert_valid": 234, "rsna": 800, "covidx": 600,
                         "covidx_test": 200, "siim": 400, "object_cxr": 400, "object_cxr_dev": 100}},
 }
 
