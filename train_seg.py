@@ -26,6 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val Dice gain")
     parser.add_argument("--decoder-width", default="base", choices=("base", "small"))
+    parser.add_argument("--foreground-prior", type=float, default=0.01,
+                        help="initial foreground probability of the decoder's output (RetinaNet-style bias; "
+                             "0.5 = the former zero bias)")
     parser.add_argument("--overlays", type=int, default=4, help="test overlays to write per fraction (0: none)")
     return parser
 
@@ -39,7 +42,8 @@ def main(argv=None) -> dict:
         checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
         finetune=args.finetune, data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-        decoder_width=args.decoder_width, device=device, output_dir=output_dir, overlays=args.overlays,
+        decoder_width=args.decoder_width, foreground_prior=args.foreground_prior, device=device,
+        output_dir=output_dir, overlays=args.overlays,
         num_workers=args.num_workers)
     print(paper_row(args.dataset, results, "val"))
     print(paper_row(args.dataset, results, "test"))

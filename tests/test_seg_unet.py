@@ -61,3 +61,18 @@ def test_loss_terms_match_hand_values():
     # confident and right -> focal ~ 0, Dice ~ 1
     sure = segmentation_loss(20 * (2 * target - 1), target)
     assert sure["focal"].item() < 1e-8 and sure["total"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name,size", [("resnet50", 64), ("vit_tiny", 32)])
+def test_fresh_decoder_starts_from_the_foreground_prior(name, size):
+    """An untrained decoder predicts ~1% foreground (empty masks at 0.5), not p = 0.5 on every pixel."""
+    torch.manual_seed(0)
+    encoder = build_image_encoder(name, size)
+    model = SegmentationModel(encoder, build_unet(encoder, width="small")).eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(model(torch.randn(2, 3, size, size)))
+    assert probs.mean().item() == pytest.approx(0.01, abs=0.01)
+    assert (probs > 0.5).sum().item() == 0
+    assert torch.all(build_unet(encoder, width="small", prior=0.5).head.bias == 0)  # the former p = 0.5 start
+    with pytest.raises(ValueError, match="prior"):
+        build_unet(encoder, width="small", prior=1.0)

@@ -93,6 +93,10 @@ def evaluate_segmentation(model: SegmentationModel, loader: DataLoader, device: 
     return metrics, examples[:keep]
 
 
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def write_overlays(examples: list, out_dir: Path, prefix: str) -> list[Path]:
     """One PNG per example: image | ground truth (green) | prediction at 0.5 (red), side by side."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +141,7 @@ def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, ep
             bad_epochs += 1
         log(f"  epoch {epoch:3d} loss {losses['total'].item():.4f} (focal {losses['focal'].item():.4f} "
             f"dice {losses['dice'].item():.3f}) val_dice {val_metrics['dice']:.4f} "
+            f"(pos {_fmt(val_metrics['dice_positive'])} neg {_fmt(val_metrics['dice_negative'])}) "
             f"({time.perf_counter() - start:.1f}s)")
         if bad_epochs >= patience:
             break
@@ -149,10 +154,12 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                      image_weights: Optional[os.PathLike] = None, random_init: bool = False,
                      finetune: bool = False, data_pcts: Sequence[float] = (1.0,), seed: int = 42,
                      epochs: int = 20, batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-6,
-                     patience: int = 5, decoder_width: str = "base", device: str = "cpu",
+                     patience: int = 5, decoder_width: str = "base", foreground_prior: float = 0.01,
+                     device: str = "cpu",
                      output_dir: Optional[os.PathLike] = None, overlays: int = 4, num_workers: int = 0,
                      log=print) -> dict:
     """Train + evaluate for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
+    foreground_prior: the decoder's initial pixel probability (0.01; 0.5 = a zero output bias, p = 0.5 everywhere).
     Writes <output_dir>/metrics.json (plus top-level val/test of the largest fraction) and overlay PNGs."""
     from cgns.cli import resolve_data_root, write_metrics
     from cgns.data.datasets import build
@@ -172,7 +179,8 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         log(f"segmentation {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
             f"({'fine-tuned' if finetune else 'frozen'})")
         torch.manual_seed(seed)
-        model = SegmentationModel(encoder, build_unet(encoder, width=decoder_width), finetune=finetune).to(device)
+        decoder = build_unet(encoder, width=decoder_width, prior=foreground_prior)
+        model = SegmentationModel(encoder, decoder, finetune=finetune).to(device)
 
         def split(name: str, augment: bool, fraction: float = 1.0):
             return build("segmentation", dataset, name, data_root=root, image_size=size, data_pct=fraction,
@@ -196,8 +204,11 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
             f"test dice {test_metrics['dice']:.4f} (best epoch {summary['best_epoch']})")
     if output_dir is not None:
         largest = results[pct_key(max(data_pcts))]
+        recipe = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
+                  "decoder_width": decoder_width, "foreground_prior": foreground_prior}
         write_metrics(output_dir, {**results, "val": largest["val"], "test": largest["test"], "encoder": source,
-                                   "dataset": dataset, "finetune": finetune, "primary_metric": "dice"})
+                                   "dataset": dataset, "finetune": finetune, "primary_metric": "dice",
+                                   "recipe": recipe})
     return results
 
 

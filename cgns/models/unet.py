@@ -73,7 +73,8 @@ class UNet(nn.Module):
     """U-Net decoder. forward(pyramid: list of [B, C_i, H/s_i, W/s_i], image_size) -> logits [B, classes, H, W]."""
 
     def __init__(self, pyramid_channels: Sequence[int], pyramid_strides: Sequence[int],
-                 decoder_channels: Sequence[int] = (256, 128, 64, 32, 16), num_classes: int = 1):
+                 decoder_channels: Sequence[int] = (256, 128, 64, 32, 16), num_classes: int = 1,
+                 prior: float | None = 0.01):
         super().__init__()
         if len(pyramid_channels) != len(pyramid_strides) or not pyramid_channels:
             raise ValueError(f"UNet: {len(pyramid_channels)} pyramid channels vs {len(pyramid_strides)} strides")
@@ -99,6 +100,13 @@ class UNet(nn.Module):
             self.final_blocks.append(UpBlock(channels, 0, widths[level]))
             channels = widths[level]
         self.head = nn.Conv2d(channels, num_classes, 1)
+        if prior is not None:
+            if not 0 < prior < 1:
+                raise ValueError(f"UNet: the foreground prior must lie in (0, 1), got {prior}")
+            # Start from "1% of pixels positive" (the focal-loss prior of RetinaNet, as the YOLOv3 objectness):
+            # with a zero bias every pixel starts at p = 0.5, the focal term barely pushes easy background down,
+            # and the decoder keeps false-positive pixels on every empty image (per-image Dice 0 there).
+            nn.init.constant_(self.head.bias, -math.log((1 - prior) / prior))
         self.skips, self.deepest = skips, deepest
 
     def forward(self, pyramid: Sequence[torch.Tensor], image_size) -> torch.Tensor:
@@ -134,7 +142,8 @@ class SegmentationModel(nn.Module):
         return self.decoder(pyramid, images.shape[-2:])
 
 
-def build_unet(encoder: nn.Module, num_classes: int = 1, width: str = "base") -> UNet:
-    """Decoder sized for `encoder` (its pyramid_channels / pyramid_strides). width: 'base' or 'small'."""
+def build_unet(encoder: nn.Module, num_classes: int = 1, width: str = "base", prior: float | None = 0.01) -> UNet:
+    """Decoder sized for `encoder` (its pyramid_channels / pyramid_strides). width: 'base' or 'small'.
+    prior: initial foreground probability of every pixel (None: a zero bias, p = 0.5)."""
     channels = {"base": (256, 128, 64, 32, 16), "small": (128, 64, 32, 16, 16)}[width]
-    return UNet(encoder.pyramid_channels, encoder.pyramid_strides, channels, num_classes)
+    return UNet(encoder.pyramid_channels, encoder.pyramid_strides, channels, num_classes, prior=prior)
