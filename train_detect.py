@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 
-from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, print_final
+from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
 from cgns.engine.detect import DATASETS, paper_row, run_detection
 
 
@@ -39,12 +39,10 @@ def main(argv=None) -> dict:
     device = check_encoder_source(args)
     output_dir = args.output_dir or f"runs/detect_{args.dataset}"
     results = run_detection(
-        args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
-        checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
-        finetune=args.finetune, data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.learning_rate, weight_decay=args.weight_decay,
-        head_width=args.head_width, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh, augment=args.augment,
-        feature_cache_gb=args.feature_cache_gb, device=device, output_dir=output_dir, num_workers=args.num_workers)
+        args.dataset, **downstream_kwargs(args), finetune=args.finetune, lr=args.learning_rate,
+        weight_decay=args.weight_decay, head_width=args.head_width, conf_thresh=args.conf_thresh,
+        nms_thresh=args.nms_thresh, augment=args.augment, feature_cache_gb=args.feature_cache_gb, device=device,
+        output_dir=output_dir)
     for split in ("val", "test"):
         print(paper_row(args.dataset, results, split))
     print(paper_row(args.dataset, results, "test", "skip_empty/mAP") + "   (original's variant: skips empty images)")

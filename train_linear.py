@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 
-from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, print_final
+from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
 from cgns.engine.linear import TASKS, paper_row, run_linear_eval
 
 
@@ -41,13 +41,9 @@ def main(argv=None) -> dict:
     device = check_encoder_source(args)
     output_dir = args.output_dir or f"runs/linear_{args.dataset}"
     results = run_linear_eval(
-        args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
-        checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
-        data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, patience=args.patience, select_by=args.select_by, device=device,
-        output_dir=output_dir,
-        feature_cache=args.feature_cache, cache_features=not args.no_cache, augmented_views=args.augmented_views,
-        num_workers=args.num_workers)
+        args.dataset, **downstream_kwargs(args), lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+        select_by=args.select_by, device=device, output_dir=output_dir, feature_cache=args.feature_cache,
+        cache_features=not args.no_cache, augmented_views=args.augmented_views)
     print(paper_row(args.dataset, results, "val"))
     print(paper_row(args.dataset, results, "test"))
     largest = results[max(results, key=float)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 
-from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, print_final
+from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
 from cgns.engine.segment import DATASETS, paper_row, run_segmentation
 
 
@@ -38,13 +38,9 @@ def main(argv=None) -> dict:
     device = check_encoder_source(args)
     output_dir = args.output_dir or f"runs/seg_{args.dataset}"
     results = run_segmentation(
-        args.dataset, data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
-        checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
-        finetune=args.finetune, data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-        decoder_width=args.decoder_width, foreground_prior=args.foreground_prior, device=device,
-        output_dir=output_dir, overlays=args.overlays,
-        num_workers=args.num_workers)
+        args.dataset, **downstream_kwargs(args), finetune=args.finetune, lr=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, decoder_width=args.decoder_width, foreground_prior=args.foreground_prior,
+        device=device, output_dir=output_dir, overlays=args.overlays)
     print(paper_row(args.dataset, results, "val"))
     print(paper_row(args.dataset, results, "test"))
     largest = results[max(results, key=float)]

@@ -93,6 +93,14 @@ def add_encoder_source_args(parser: argparse.ArgumentParser) -> argparse.Argumen
     return parser
 
 
+def downstream_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments every downstream run_* (linear, detection, segmentation) takes from the shared flags."""
+    return dict(data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
+                checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
+                data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                num_workers=args.num_workers)
+
+
 def check_encoder_source(args: argparse.Namespace) -> str:
     """Refuse a checkpoint combined with another encoder source; return the device to run on."""
     if args.checkpoint is not None and (args.image_weights or args.random_init):

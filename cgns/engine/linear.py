@@ -181,7 +181,8 @@ def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, en
                     image_weights: Optional[os.PathLike] = None, random_init: bool = False,
                     data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 64,
                     lr: float = 1e-2, weight_decay: float = 1e-6, patience: int = 10, device: str = "cpu",
-                    select_by: str = "loss", output_dir: Optional[os.PathLike] = None, feature_cache: Optional[os.PathLike] = None,
+                    select_by: str = "loss", output_dir: Optional[os.PathLike] = None,
+                    feature_cache: Optional[os.PathLike] = None,
                     cache_features: bool = True, augmented_views: int = 0, num_workers: int = 0,
                     log=print) -> dict:
     """Linear probe for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.

@@ -31,6 +31,9 @@ def weighted_logits(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, la
                     hard_negative_weight: float, mode: str) -> torch.Tensor:
     """logits [n,N] (cosines), hard_negative_cosine [n] -> [n,2N] logits with the hard negatives appended.
 
+    The explicit matrix, as the original builds it; training uses hard_negative_cross_entropy, which the tests
+    check against cross-entropy over this.
+
     Appended column j of row i holds cos(z1_i, hard negative of i) when j is i's own column, else 0 (the original
     computes every cos(z1_i, hn_j) and then weighs all but its own by 0). mode 'multiply' multiplies by the
     weights (the original); 'add' adds their logarithm (ClusterNS), which drops the zero-weight columns entirely.
@@ -127,16 +130,18 @@ class ClusterNegativeSampler(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def initialise(self, points_all: torch.Tensor, reseed: bool = False) -> None:
-        """Greedy-chain initialisation from every rank's z2 (identical on all ranks, so no broadcast needed)."""
+    def seed_centroids(self, points_all: torch.Tensor) -> None:
+        """Greedy-chain centroids from every rank's z2 (identical on all ranks, so no broadcast needed)."""
         # The first pick is random but seeded by the step, so every rank (and a resumed run) picks the same one.
         generator = torch.Generator().manual_seed(self.seed + int(self.step))
         first = int(torch.randint(points_all.shape[0], (1,), generator=generator))
         chosen = greedy_chain(points_all.to(self.centroids.dtype), self.num_clusters, first)
         self.centroids.copy_(F.normalize(points_all[chosen].to(self.centroids.dtype), dim=-1))
-        if reseed:
-            self.reseeds += 1
-            return
+
+    @torch.no_grad()
+    def initialise(self, points_all: torch.Tensor) -> None:
+        """The k-means start: seed the centroids and record the step."""
+        self.seed_centroids(points_all)
         self.started.fill_(True)
         self.started_step.copy_(self.step)
 
@@ -167,7 +172,8 @@ class ClusterNegativeSampler(nn.Module):
             else:
                 cluster_sizes = self.update(F.normalize(image_to_sentence.detach(), dim=-1))
                 if self.reseed_share > 0 and bool(cluster_sizes.max() > self.reseed_share * cluster_sizes.sum()):
-                    self.initialise(z2_all.detach(), reseed=True)
+                    self.seed_centroids(z2_all.detach())
+                    self.reseeds += 1
             self.step += 1
 
         stats = {"kmeans_started": self.started.float(), "kmeans_started_step": self.started_step.clone(),
