@@ -23,6 +23,14 @@ def _figure(rows: int, cols: int, width: float = 4.2, height: float = 3.0) -> Fi
     return figure
 
 
+def _panel_grid(count: int, max_cols: int = 3) -> tuple[Figure, list]:
+    """A figure with `count` panels, up to max_cols per row -> (figure, axes in reading order)."""
+    cols = min(max_cols, count)
+    rows = math.ceil(count / cols)
+    figure = _figure(rows, cols)
+    return figure, [figure.add_subplot(rows, cols, i + 1) for i in range(count)]
+
+
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -75,12 +83,9 @@ def plot_losses(log: RunLog, out_dir: Path) -> Path | None:
     terms = sorted(set(train_terms) | set(val_terms), key=lambda t: (t != "total", t))
     if not terms:
         return None
-    cols = min(3, len(terms))
-    rows = math.ceil(len(terms) / cols)
-    figure = _figure(rows, cols)
+    figure, axes = _panel_grid(len(terms))
     starts = _stage_starts(log)
-    for i, term in enumerate(terms):
-        axis = figure.add_subplot(rows, cols, i + 1)
+    for axis, term in zip(axes, terms):
         steps, values, stages = log.series("train", f"loss/{term}")
         if steps:
             _plot_by_stage(axis, steps, values, stages)
@@ -196,13 +201,10 @@ def plot_cgns_stats(log: RunLog, out_dir: Path) -> Path | None:
             keys.append(key)
     if not keys:
         return None
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    figure = _figure(rows, cols)
+    figure, axes = _panel_grid(len(keys))
     starts = _stage_starts(log)
     started = [v for _, v, _ in [log.series("train", "cgns/kmeans_started_step")] for v in v if v >= 0]
-    for i, key in enumerate(keys):
-        axis = figure.add_subplot(rows, cols, i + 1)
+    for i, (axis, key) in enumerate(zip(axes, keys)):
         steps, values, stages = log.series("train", key)
         _plot_by_stage(axis, steps, values, stages)
         _mark_stages(axis, starts)
