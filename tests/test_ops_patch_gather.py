@@ -87,7 +87,8 @@ def test_gather_patches_hand_computed(extension):
 
 # (dtype, B, C, H, W, p, M): outputs over 1 MB whose pieces are whole cache lines, which the CPU forward writes
 # with streaming stores; more picks than patches, so patches repeat and every patch row is picked.
-STREAMED_SHAPES = [(torch.float32, 3, 3, 64, 96, 16, 150), (torch.float64, 2, 2, 40, 64, 8, 600)]
+STREAMED_SHAPES = [(torch.float32, 3, 3, 64, 96, 16, 150), (torch.float64, 2, 2, 40, 64, 8, 600),
+                   (torch.bfloat16, 2, 1, 64, 64, 32, 300)]
 
 
 @pytest.mark.parametrize("dtype,b,c,h,w,p,m", STREAMED_SHAPES)

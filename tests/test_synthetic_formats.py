@@ -260,16 +260,48 @@ def test_ensure_demo_reuses_a_complete_world(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_generate(root, missing, **kw):
+    def fake_generate(root, missing, *, seed, preset, **kw):
         calls.append(list(missing))
+        header = {"generator_version": synthetic.GENERATOR_VERSION, "preset": preset, "seed": seed,
+                  "image_size": synthetic.PRESETS[preset]["image_size"],
+                  "counts": synthetic.resolve_counts(preset, None)}
         for dataset in missing:
-            (Path(root) / dataset).mkdir(parents=True)
-            (Path(root) / dataset / "ground_truth.json").write_text("{}")
+            (Path(root) / dataset).mkdir(parents=True, exist_ok=True)
+            (Path(root) / dataset / "ground_truth.json").write_text(json.dumps(header))
 
     monkeypatch.setattr(synthetic, "generate", fake_generate)
     path = ensure_demo("siim", tmp_path)
     assert path == tmp_path / "siim" and calls == [list(DATASETS)]
     assert ensure_demo("rsna", tmp_path) == tmp_path / "rsna" and len(calls) == 1
+
+
+def test_ensure_demo_regenerates_a_stale_world(tmp_path, monkeypatch, capsys):
+    """A data set written with other counts (an older checkout's demo world) is regenerated, and says why;
+    the up-to-date ones are kept."""
+    import cgns.data.synthetic as synthetic
+
+    calls = []
+
+    def fake_generate(root, missing, *, seed, preset, **kw):
+        calls.append(list(missing))
+        for dataset in missing:
+            counts = synthetic.resolve_counts(preset, None)
+            if len(calls) == 1 and dataset == "mimic_cxr":
+                counts["mimic_cxr"] = 1500                       # as the previous demo preset wrote it
+            header = {"generator_version": synthetic.GENERATOR_VERSION, "preset": preset, "seed": seed,
+                      "image_size": synthetic.PRESETS[preset]["image_size"], "counts": counts}
+            (Path(root) / dataset).mkdir(parents=True, exist_ok=True)
+            (Path(root) / dataset / "ground_truth.json").write_text(json.dumps(header))
+
+    monkeypatch.setattr(synthetic, "generate", fake_generate)
+    ensure_demo("siim", tmp_path)                                # the first world: mimic_cxr comes out stale
+    assert synthetic.world_mismatch(tmp_path / "mimic_cxr", preset="demo", seed=0).startswith("counts")
+    assert ensure_demo("siim", tmp_path) == tmp_path / "siim" and len(calls) == 1   # siim itself is fine
+    capsys.readouterr()
+    ensure_demo("mimic_cxr", tmp_path)
+    assert calls[1] == ["mimic_cxr"]
+    assert "stale demo data (counts" in capsys.readouterr().err
+    assert synthetic.world_mismatch(tmp_path / "mimic_cxr", preset="demo", seed=0) is None
 
 
 def test_ensure_demo_is_safe_when_two_processes_race(tmp_path):

@@ -9,6 +9,8 @@ both, do not hide the copy rate; their backwards allocate as torch's do.
 
 Bandwidth of a gather forward = (bytes the op must read + bytes it writes) / time, counted like the copy ceiling
 (read + write): the picked rows or pixels once, read, and the output once, written, i.e. 2 x the output's bytes.
+Its percentage is of a copy_ moving the same bytes, timed in the same interleaved loop (the machine's copy rate
+drifts between runs; the 256 MB ceiling row is printed for reference only).
 What the hardware moves beyond that is not credited: the write-allocate reads of regular stores, or the whole
 image rows the gather_patches kernel streams in when a patch row is densely picked (unpicked pixels included).
 Sizes: --quick uses batch 64 for the gathers (38 MB of images, 19 MB of outputs: partly cache-resident), the full
@@ -30,18 +32,33 @@ from cgns.ops.extension import get_extension
 SECTION = "kernels"
 
 
-def best_pair(ours, baseline, reps, sync=lambda: None):
-    """Best-of-reps seconds of two callables, alternated so that load changes hit both alike."""
-    ours(), baseline()
+def best_interleaved(fns, reps, sync=lambda: None):
+    """Best-of-reps seconds of each callable, run in turn within every repeat so that load changes hit all alike."""
+    for fn in fns:
+        fn()
     sync()
-    best = [float("inf"), float("inf")]
+    best = [float("inf")] * len(fns)
     for _ in range(reps):
-        for slot, fn in enumerate((ours, baseline)):
+        for slot, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
             sync()
             best[slot] = min(best[slot], time.perf_counter() - start)
     return best
+
+
+def best_pair(ours, baseline, reps, sync=lambda: None):
+    """Best-of-reps seconds of two callables, alternated so that load changes hit both alike."""
+    return best_interleaved((ours, baseline), reps, sync)
+
+
+def paired_copy(nbytes):
+    """A copy_ moving `nbytes` (read + write counted, as for the gathers): the bandwidth ceiling timed in the same
+    loop as the op it judges. The machine's copy rate drifts between runs (42-79 GB/s was seen), so a percentage of
+    a ceiling measured seconds earlier moves with it; one measured alongside does not."""
+    src = torch.randn(max(1, nbytes // 8))                   # nbytes / 2 read, nbytes / 2 written
+    dst = torch.empty_like(src).fill_(0.0)                   # pre-faulted: first-touch faults are not copy time
+    return (lambda: dst.copy_(src)), 2 * src.numel() * 4
 
 
 def best_of(fn, reps):
@@ -91,6 +108,13 @@ def ceilings(quick):
     return rows, gemm, copy
 
 
+def bandwidth_note(moved, seconds, copied, copy_seconds):
+    """'X GB/s = P% of copy (copy of the same bytes, same loop: Y GB/s)'."""
+    rate, copy_rate = moved / seconds / 1e9, copied / copy_seconds / 1e9
+    return f"{rate:.1f} GB/s = {100 * rate / copy_rate:.0f}% of copy (a copy_ of the same bytes in the same loop: " \
+           f"{copy_rate:.1f} GB/s)"
+
+
 def torch_assign(points, centroids):
     """The best pure-torch formulation: normalise, one matmul, topk."""
     return (F.normalize(points, dim=1) @ F.normalize(centroids, dim=1).T).topk(2, dim=1)
@@ -117,7 +141,7 @@ def kmeans_rows(ext, quick, gemm):
     return rows
 
 
-def gather_rows(ext, quick, copy):
+def gather_rows(ext, quick):
     gen = torch.Generator().manual_seed(1)
     batch, picked, reps = (64, 98, 3) if quick else (256, 98, 6)
     tokens = torch.randn(batch, 196, 768, generator=gen)                  # 154 MB at batch 256
@@ -125,11 +149,12 @@ def gather_rows(ext, quick, copy):
     out = torch.empty(batch, picked, 768)
     expand = index[:, :, None].expand(-1, -1, 768)
     moved = 2 * out.numel() * out.element_size()  # picked rows read once + output written once, as copy_ counts
-    ours, base = best_pair(lambda: ext.masked_patch_gather_forward(tokens, index, out=out),
-                           lambda: torch.gather(tokens, 1, expand, out=out), reps)
+    copy_same, copied = paired_copy(moved)
+    ours, base, copy_s = best_interleaved((lambda: ext.masked_patch_gather_forward(tokens, index, out=out),
+                                           lambda: torch.gather(tokens, 1, expand, out=out), copy_same), reps)
     rows = [row(f"masked_patch_gather fwd [{batch},196,768] M={picked}", ours, base,
-                f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; "
-                f"tokens + out {footprint(tokens, out)}; vs torch.gather")]
+                bandwidth_note(moved, ours, copied, copy_s) + f"; tokens + out {footprint(tokens, out)}; "
+                f"vs torch.gather")]
     grad_out = torch.randn(batch, picked, 768, generator=gen)
     leaf = tokens.clone().requires_grad_(True)
     gathered = reference.reference_masked_patch_gather(leaf, index)
@@ -142,12 +167,13 @@ def gather_rows(ext, quick, copy):
     out = torch.empty(batch, picked, 3 * 16 * 16)
     expand = index[:, :, None].expand(-1, -1, 3 * 16 * 16)
     moved = 2 * out.numel() * out.element_size()  # picked pixels read once + output written once
-    ours, base = best_pair(lambda: ext.gather_patches_forward(images, 16, index, out=out),
-                           lambda: torch.gather(F.unfold(images, 16, stride=16).transpose(1, 2), 1, expand,
-                                                out=out), reps)
+    copy_same, copied = paired_copy(moved)
+    ours, base, copy_s = best_interleaved((lambda: ext.gather_patches_forward(images, 16, index, out=out),
+                                           lambda: torch.gather(F.unfold(images, 16, stride=16).transpose(1, 2), 1,
+                                                                expand, out=out), copy_same), reps)
     rows.append(row(f"gather_patches fwd [{batch},3,224,224] p=16 M={picked}", ours, base,
-                    f"{moved / ours / 1e9:.1f} GB/s = {100 * moved / ours / 1e9 / copy:.0f}% of copy; "
-                    f"images + out {footprint(images, out)}; vs F.unfold + gather"))
+                    bandwidth_note(moved, ours, copied, copy_s) + f"; images + out {footprint(images, out)}; "
+                    f"vs F.unfold + gather"))
     leaf = images.clone().requires_grad_(True)
     gathered = reference.reference_gather_patches(leaf, 16, index)
     ours, base = best_pair(lambda: ext.gather_patches_backward(grad_out, index, 16, 224, 224),
@@ -175,9 +201,9 @@ def cuda_rows(ext, quick):
 
 def run(quick: bool = False) -> list[dict]:
     ext = get_extension()
-    rows, gemm, copy = ceilings(quick)
+    rows, gemm, _ = ceilings(quick)
     if ext is None:
         rows.append(dict(section=SECTION, name="kernels", ours=None, baseline=None, unit="-", ratio=None,
                          note="extension not built: run `python setup.py build_ext --inplace`"))
         return rows
-    return rows + kmeans_rows(ext, quick, gemm) + gather_rows(ext, quick, copy) + cuda_rows(ext, quick)
+    return rows + kmeans_rows(ext, quick, gemm) + gather_rows(ext, quick) + cuda_rows(ext, quick)

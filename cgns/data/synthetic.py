@@ -138,20 +138,47 @@ def generate(out_dir, datasets=None, seed: int = 0, preset: str = "test", image_
     return out_dir
 
 
+def world_mismatch(folder: Path, *, preset: str, seed: int) -> str | None:
+    """Why the generated data set in `folder` is not what this code's `preset` writes (None when it is): absent, or
+    written by another generator version, preset, seed, image size or counts (its ground_truth.json header says)."""
+    truth = folder / "ground_truth.json"
+    if not truth.is_file():
+        return "absent"
+    try:
+        header = json.loads(truth.read_text())
+    except (OSError, ValueError) as error:
+        return f"{truth} unreadable ({error})"
+    if not isinstance(header, dict):
+        return f"{truth} holds no header"
+    expected = {"generator_version": GENERATOR_VERSION, "preset": preset, "seed": seed,
+                "image_size": PRESETS[preset]["image_size"], "counts": resolve_counts(preset, None)}
+    differ = [f"{key} {header.get(key)!r} (this code: {value!r})" for key, value in expected.items()
+              if header.get(key) != value]
+    return "; ".join(differ) or None
+
+
 def ensure_demo(dataset: str, root="data/demo", *, preset: str = "demo", seed: int = 0) -> Path:
     """The demo copy of `dataset` under root/<dataset>; on first use generates the WHOLE demo world once.
-    Safe when several processes race: one generates under a file lock, the others wait and reuse it."""
+    Safe when several processes race: one generates under a file lock, the others wait and reuse it.
+
+    A data set written by another generator version, preset, seed or counts (an older checkout's world) is
+    regenerated, with a message saying what differed: results from a stale world would not match the README's.
+    Bump GENERATOR_VERSION whenever the drawing or the report text changes."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set {dataset!r}; choose from {list(DATASETS)}")
     root = Path(root)
-    if (root / dataset / "ground_truth.json").is_file():
+    if world_mismatch(root / dataset, preset=preset, seed=seed) is None:
         return root / dataset
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".generate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = [d for d in DATASETS if not (root / d / "ground_truth.json").is_file()]
+        why = {d: world_mismatch(root / d, preset=preset, seed=seed) for d in DATASETS}
+        missing = [d for d in DATASETS if why[d] is not None]
         for stale in root.glob(".*.tmp-*"):  # left by a generator that was killed; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
+        for d in missing:
+            if why[d] != "absent":
+                print(f"{root / d}: stale demo data ({why[d]}); regenerating it", file=sys.stderr, flush=True)
         if missing:
             start = time.perf_counter()
             print(f"generating the demo world ({', '.join(missing)}) under {root} ...", file=sys.stderr, flush=True)

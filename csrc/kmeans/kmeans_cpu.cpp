@@ -80,13 +80,6 @@ void assign_tiles(const at::Tensor& points, const at::Tensor& centroids_t, at::T
 // Rows per parallel task of the AVX-512 path (a multiple of its 6-row micro-kernel).
 constexpr int64_t kAvx512TaskRows = 96;
 
-// Read on every call (a getenv is nothing next to the GEMM) so tests can switch paths in one process.
-bool use_avx512() {
-  const char* flag = std::getenv("CGNS_NO_AVX512");
-  const bool disabled = flag != nullptr && flag[0] != '\0' && flag[0] != '0';
-  return !disabled && cpu_has_avx512();
-}
-
 void assign_avx512(const at::Tensor& points, const at::Tensor& unit_centroids, at::Tensor& index,
                    at::Tensor& similarity) {
   const int64_t num_points = points.size(0), dim = points.size(1), num_clusters = unit_centroids.size(0);
@@ -115,7 +108,7 @@ void assign_avx512(const at::Tensor& points, const at::Tensor& unit_centroids, a
 
 void kmeans_assign_cpu(const at::Tensor& points, const at::Tensor& unit_centroids, at::Tensor& index,
                        at::Tensor& similarity) {
-  if (points.scalar_type() == at::kFloat && use_avx512()) {
+  if (points.scalar_type() == at::kFloat && avx512_enabled()) {
     assign_avx512(points, unit_centroids, index, similarity);
     return;
   }

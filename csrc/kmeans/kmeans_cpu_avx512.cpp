@@ -90,11 +90,6 @@ int64_t padded_clusters(int64_t num_clusters) { return (num_clusters + kLanes - 
 
 }  // namespace
 
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 int64_t avx512_packed_floats(int64_t num_clusters, int64_t dim) { return padded_clusters(num_clusters) * dim; }
 int64_t avx512_scratch_floats(int64_t num_clusters) { return kRows * padded_clusters(num_clusters); }
 
@@ -149,7 +144,6 @@ CGNS_AVX512_TARGET void avx512_assign_rows(const float* points, int64_t rows, in
 #else  // not x86-64 GCC/Clang: the BLAS tile path is always used
 
 namespace cgns {
-bool cpu_has_avx512() { return false; }
 int64_t avx512_packed_floats(int64_t, int64_t) { return 0; }
 int64_t avx512_scratch_floats(int64_t) { return 0; }
 void avx512_pack_centroids(const float*, int64_t, int64_t, float*) {}

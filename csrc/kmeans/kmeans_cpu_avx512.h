@@ -1,11 +1,12 @@
 // Plain-C interface of the AVX-512 float32 assign kernel (kmeans_cpu_avx512.cpp); used by kmeans_cpu.cpp when
-// cpu_has_avx512() says the running CPU has AVX-512F.
+// avx512_enabled() (cpu_features.h) says the running CPU has AVX-512F and it is not switched off.
 #pragma once
 #include <cstdint>
 
+#include "cpu_features.h"
+
 namespace cgns {
 
-bool cpu_has_avx512();
 // Sizes (in floats) of the packed centroids and of one thread's scratch rows.
 int64_t avx512_packed_floats(int64_t num_clusters, int64_t dim);
 int64_t avx512_scratch_floats(int64_t num_clusters);

@@ -24,11 +24,9 @@
 #include "kmeans.h"
 #include "kmeans_cpu_avx512.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CGNS_UPDATE_AVX512 1
+#define CGNS_UPDATE_AVX512 CGNS_X86_AVX512
+#if CGNS_UPDATE_AVX512
 #define CGNS_AVX512_TARGET __attribute__((target("avx512f")))
-#else
-#define CGNS_UPDATE_AVX512 0
 #endif
 
 namespace cgns {
@@ -124,11 +122,7 @@ CGNS_AVX512_TARGET void sum_block_avx512(const UpdateTask<scalar_t>& task) {
 #endif
 
 // Chooses the AVX-512 build when the CPU has it; same switch as kmeans_assign (CGNS_NO_AVX512=1 forces the other).
-bool update_uses_avx512() {
-  const char* flag = std::getenv("CGNS_NO_AVX512");
-  const bool disabled = flag != nullptr && flag[0] != '\0' && flag[0] != '0';
-  return CGNS_UPDATE_AVX512 && !disabled && cpu_has_avx512();
-}
+bool update_uses_avx512() { return CGNS_UPDATE_AVX512 && avx512_enabled(); }
 
 template <typename scalar_t>
 void update_sums(const at::Tensor& points, const std::vector<int64_t>& members,
