@@ -83,13 +83,16 @@ def print_final(metrics: dict, label: str = "final") -> str:
 def add_encoder_source_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The downstream scripts' encoder flags: --image-encoder and one of --checkpoint / --image-weights /
     --random-init. --image-size defaults to None: taken from the checkpoint (224 without one); a differing explicit
-    value is refused by the loader."""
+    value is refused by the loader unless --resize-checkpoint is given."""
     parser.set_defaults(image_size=None)
     parser.add_argument("--image-encoder", default=None,
                         help="vit_tiny / vit_small / vit_base / resnet50 (default: the checkpoint's, else resnet50)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image-weights", default=None, help="ImageNet-format (timm/torchvision) state dict file")
     source.add_argument("--random-init", action="store_true", help="randomly initialised encoder (baseline)")
+    parser.add_argument("--resize-checkpoint", action="store_true",
+                        help="with --checkpoint and an --image-size other than the one it was trained at: build the "
+                             "encoder at --image-size and resample its position tables (refused without this flag)")
     return parser
 
 
@@ -98,7 +101,7 @@ def downstream_kwargs(args: argparse.Namespace) -> dict:
     return dict(data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,
                 checkpoint=args.checkpoint, image_weights=args.image_weights, random_init=args.random_init,
                 data_pcts=args.data_pct, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                num_workers=args.num_workers)
+                num_workers=args.num_workers, resize_checkpoint=args.resize_checkpoint)
 
 
 def check_encoder_source(args: argparse.Namespace) -> str:

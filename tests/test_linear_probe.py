@@ -89,6 +89,25 @@ def _fake_checkpoint(path, name, size, encoder=None):
     return path
 
 
+def test_resize_checkpoint_evaluates_at_another_size(tmp_path):
+    """--resize-checkpoint: a 64-px ViT checkpoint built at 128 px keeps every weight but the position table, which
+    is resampled from the 4x4 grid to 8x8 (the class token's entry unchanged); the encoder name is still checked."""
+    from cgns.models.encoders import build_image_encoder
+
+    torch.manual_seed(0)
+    small = build_image_encoder("vit_tiny", 64)
+    ckpt = _fake_checkpoint(tmp_path / "vit.pt", "vit_tiny", 64, small)
+    encoder, source = load_frozen_encoder(None, 128, checkpoint=ckpt, resize_checkpoint=True)
+    assert source["image_size"] == 128 and encoder.grid == (8, 8)
+    big, old = encoder.state_dict(), small.state_dict()
+    assert big["backbone.pos_embed"].shape == (1, 65, 192) and old["backbone.pos_embed"].shape == (1, 17, 192)
+    assert torch.equal(big["backbone.pos_embed"][:, 0], old["backbone.pos_embed"][:, 0])
+    assert all(torch.equal(big[k], v) for k, v in old.items() if k != "backbone.pos_embed")
+    assert encoder(torch.randn(1, 3, 128, 128)) is not None
+    with pytest.raises(ValueError, match=r"--image-encoder vit_small but the checkpoint holds vit_tiny"):
+        load_frozen_encoder("vit_small", 128, checkpoint=ckpt, resize_checkpoint=True)
+
+
 def test_checkpoint_mismatch_is_refused_naming_both(tmp_path):
     ckpt = _fake_checkpoint(tmp_path / "r50.pt", "resnet50", 64)
     with pytest.raises(ValueError, match=r"--image-encoder vit_tiny but the checkpoint holds resnet50"):

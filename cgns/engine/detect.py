@@ -174,7 +174,8 @@ def detection_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 42,
 
 def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
                   image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
-                  image_weights: Optional[os.PathLike] = None, random_init: bool = False, finetune: bool = False,
+                  image_weights: Optional[os.PathLike] = None, random_init: bool = False,
+                  resize_checkpoint: bool = False, finetune: bool = False,
                   data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 16,
                   lr: float = 5e-4, weight_decay: float = 1e-6, head_width: int = 256, conf_thresh: float = 0.5,
                   nms_thresh: float = 0.5, augment: bool = False, feature_cache_gb: float = 2.0, device: str = "cpu",
@@ -201,6 +202,7 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
             # fine-tuning starts every fraction from the same weights; a frozen encoder is shared
             encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
                                                   image_weights=image_weights, random_init=random_init, seed=seed,
+                                                  resize_checkpoint=resize_checkpoint,
                                                   frozen=not finetune)
         size = source["image_size"]
         torch.manual_seed(seed)

@@ -153,11 +153,14 @@ def checkpoint_encoder_config(checkpoint: os.PathLike) -> tuple[str, int]:
 def load_frozen_encoder(encoder_name: Optional[str] = None, image_size: Optional[int] = None, *,
                         checkpoint: Optional[os.PathLike] = None, image_weights: Optional[os.PathLike] = None,
                         random_init: bool = False, seed: int = 42, default_encoder: str = "resnet50",
-                        default_image_size: int = 224, frozen: bool = True) -> tuple[torch.nn.Module, dict]:
+                        default_image_size: int = 224, frozen: bool = True,
+                        resize_checkpoint: bool = False) -> tuple[torch.nn.Module, dict]:
     """The image encoder for downstream evaluation, from exactly one source (requires_grad off when frozen).
 
     checkpoint: a pretraining checkpoint; the encoder name and size come from its config, and a flag that
-      disagrees (encoder_name / image_size not None and different) is refused with both values named.
+      disagrees (encoder_name / image_size not None and different) is refused with both values named, except an
+      image_size with resize_checkpoint=True: the encoder is then built at that size and the checkpoint's position
+      tables are resampled to its grid (evaluating a 64-px demo encoder at 256 px, say).
     image_weights: an ImageNet-format (timm / torchvision) state dict for `encoder_name`.
     random_init: a freshly initialised encoder (seeded by `seed`).
     Returns (encoder, source) with source = {name, image_size, pooling, origin}.
@@ -175,12 +178,14 @@ def load_frozen_encoder(encoder_name: Optional[str] = None, image_size: Optional
         mismatches = []
         if encoder_name is not None and encoder_name != saved_name:
             mismatches.append(f"--image-encoder {encoder_name} but the checkpoint holds {saved_name}")
-        if image_size is not None and int(image_size) != saved_size:
+        resized = image_size is not None and int(image_size) != saved_size
+        if resized and not resize_checkpoint:
             mismatches.append(f"--image-size {image_size} but the checkpoint was trained at {saved_size}")
         if mismatches:
             raise ValueError(f"checkpoint {checkpoint} does not match the flags: " + "; ".join(mismatches)
-                             + " (omit the flags to use the checkpoint's own settings)")
-        encoder_name, image_size = saved_name, saved_size
+                             + " (omit the flags to use the checkpoint's own settings, or add --resize-checkpoint "
+                               "to evaluate it at another size)")
+        encoder_name, image_size = saved_name, (int(image_size) if resized else saved_size)
         origin = f"checkpoint:{Path(checkpoint).resolve()}"
     else:
         encoder_name = encoder_name or default_encoder

@@ -179,6 +179,7 @@ def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: s
 def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
                     image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
                     image_weights: Optional[os.PathLike] = None, random_init: bool = False,
+                    resize_checkpoint: bool = False,
                     data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 64,
                     lr: float = 1e-2, weight_decay: float = 1e-6, patience: int = 10, device: str = "cpu",
                     select_by: str = "loss", output_dir: Optional[os.PathLike] = None,
@@ -199,7 +200,8 @@ def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, en
     kind, primary = TASKS[dataset]
     # the encoder first: a checkpoint that does not match the flags is refused before any data is touched
     encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
-                                          image_weights=image_weights, random_init=random_init, seed=seed)
+                                          image_weights=image_weights, random_init=random_init, seed=seed,
+                                          resize_checkpoint=resize_checkpoint)
     root = resolve_data_root(dataset, data_root)
     from cgns.data.datasets import build
 

@@ -152,6 +152,7 @@ def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, ep
 def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
                      image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
                      image_weights: Optional[os.PathLike] = None, random_init: bool = False,
+                     resize_checkpoint: bool = False,
                      finetune: bool = False, data_pcts: Sequence[float] = (1.0,), seed: int = 42,
                      epochs: int = 20, batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-6,
                      patience: int = 5, decoder_width: str = "base", foreground_prior: float = 0.01,
@@ -174,6 +175,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         # a fresh encoder per fraction: with --finetune the previous fraction would otherwise leak into the next
         encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
                                               image_weights=image_weights, random_init=random_init, seed=seed,
+                                              resize_checkpoint=resize_checkpoint,
                                               frozen=not finetune)
         size = source["image_size"]
         log(f"segmentation {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
