@@ -15,6 +15,7 @@ mkdir -p "$out"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+"$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'device_check: no GPU visible to torch')"
 if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
   TORCH_CUDA_ARCH_LIST="$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
   export TORCH_CUDA_ARCH_LIST
@@ -25,7 +26,7 @@ rm -f cgns/_C*.so
 PATH="$CUDA_HOME/bin:$PATH" "$python" setup.py build_ext --inplace > "$out/build.log" 2>&1 || {
   grep -n -B2 -A6 -E "error|Error" "$out/build.log" | head -60; echo "device_check: BUILD FAILED"; exit 1; }
 echo "device_check: built in $((SECONDS - start)) s for arch $TORCH_CUDA_ARCH_LIST"
-"$python" -c "from cgns import _C; assert _C.WITH_CUDA, 'built without the CUDA kernels'"
+"$python" -c "import torch; from cgns import _C; assert _C.WITH_CUDA, 'built without the CUDA kernels'"
 set +e
 CGNS_REQUIRE_EXT=1 "$python" -m pytest -q -p no:cacheprovider tests/test_ops_kmeans.py tests/test_ops_patch_gather.py \
   tests/test_ops_fallback.py -rs 2>&1 | tee "$out/tests.log" | tail -15
