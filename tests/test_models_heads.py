@@ -4,6 +4,7 @@ The loops below are kept on purpose: they are the readable definition the batche
 """
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,7 +69,7 @@ def loop_cross_attention(attention, patches, reports, maps=None):
     """The original: per sample, sigmoid attention between its patches [L,D] and its real sentences [S,D].
     maps, if a list, receives (patch attention [L,S], sentence attention [S,L]) per sample."""
     text_to_patch, image_to_sentence = [], []
-    scale = math.sqrt(patches.shape[-1])
+    scale = 1.0 / attention.score_scale()
     for b, sentences in enumerate(reports):
         image = patches[b]
         to_sentences = torch.sigmoid(attention.text_query(sentences) @ attention.image_key(image).T / scale)
@@ -179,12 +180,16 @@ def test_grid_attention_pooling_with_positions_equals_multi_head_attention():
     assert_same_gradients(pool, (grid,), ours.square().sum(), theirs.square().sum())
 
 
-def test_cross_attention_and_local_image_loss_equal_loop():
+@pytest.mark.parametrize("learnable_scale", [False, True], ids=["sqrt_d", "learnable"])
+def test_cross_attention_and_local_image_loss_equal_loop(learnable_scale):
     torch.manual_seed(0)
     tokens, index = make_reports(dim=16)
     patches = F.normalize(torch.randn(tokens.shape[0], 9, 16, dtype=torch.float64), dim=-1).requires_grad_(True)
     tokens.requires_grad_(True)
-    attention = SigmoidCrossAttention(16).double()
+    attention = SigmoidCrossAttention(16, learnable_scale=learnable_scale).double()
+    if learnable_scale:
+        with torch.no_grad():
+            attention.log_score_scale.add_(0.3)                 # away from its initial value
     randomise_biases(attention)
     sentences, mask = sentence_features(tokens, index)
     out = attention(patches, sentences, mask)
@@ -206,6 +211,25 @@ def test_cross_attention_and_local_image_loss_equal_loop():
     predictor = Predictor(16).double()
     torch.testing.assert_close(simsiam_loss(patches, out["text_to_patch"], predictor)["local_image"],
                                loop_simsiam(patches, text_to_patch, predictor), **TOL)
+
+
+def test_unit_norm_inputs_leave_sqrt_d_attention_flat():
+    """With L2-normalised patches and sentences (as METHOD.md feeds them) q.k / sqrt(D) is O(1/D): every sigmoid
+    weight sits within a few hundredths of 0.5, at D=128 as in the demo. The learnable scale starts D times larger
+    and spreads them."""
+    torch.manual_seed(0)
+    dim = 128
+    patches = F.normalize(torch.randn(4, 16, dim), dim=-1)
+    sentences = F.normalize(torch.randn(4, 5, dim), dim=-1)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    spreads = {}
+    for learnable in (False, True):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            weights = SigmoidCrossAttention(dim, learnable_scale=learnable)(patches, sentences,
+                                                                            mask)["sentence_attention"]
+        spreads[learnable] = float((weights.amax(-1) - weights.amin(-1)).mean())
+    assert spreads[False] < 0.02 and spreads[True] > 10 * spreads[False], spreads
 
 
 def test_local_image_loss_from_factors_equals_loop():

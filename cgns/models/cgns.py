@@ -68,6 +68,10 @@ class CGNSConfig:
     # within ~100 steps at weight 1 and drags the global alignment down with it; the CPU demo lowers it.
     local_image_weight: float = 1.0
     local_text_weight: float = 1.0
+    # cross-attention scores: 'sqrt_d' = q.k / sqrt(D) (METHOD.md, the original). Its inputs are L2-normalised, so
+    # those scores are O(1/D) and the sigmoid weights sit at 0.5 for every patch: the maps are flat. 'learnable'
+    # multiplies them by exp(s), s a parameter initialised at log(D) (a deviation, for study).
+    attention_scale: str = "sqrt_d"
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -85,6 +89,8 @@ class CGNSConfig:
         if self.local_image_weight < 0 or self.local_text_weight < 0:
             raise ValueError(f"local_image_weight / local_text_weight must be >= 0, got {self.local_image_weight} / "
                              f"{self.local_text_weight}")
+        if self.attention_scale not in ("sqrt_d", "learnable"):
+            raise ValueError(f"attention_scale must be 'sqrt_d' or 'learnable', got {self.attention_scale!r}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
 
@@ -157,17 +163,25 @@ class SigmoidCrossAttention(nn.Module):
         attention @ image_value(patches) = (attention @ patches) @ Wv^T + attention.sum(-1) * bv.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, learnable_scale: bool = False):
         super().__init__()
         self.scale = 1.0 / math.sqrt(dim)
+        # learnable_scale: scores also multiplied by exp(log_score_scale), initialised at D (see CGNSConfig)
+        self.log_score_scale = nn.Parameter(torch.tensor(math.log(dim))) if learnable_scale else None
         self.image_query, self.image_key, self.image_value = (nn.Linear(dim, dim) for _ in range(3))
         self.text_query, self.text_key, self.text_value = (nn.Linear(dim, dim) for _ in range(3))
+
+    def score_scale(self):
+        """What q.k is multiplied by: 1/sqrt(D), times exp(log_score_scale) when learnable."""
+        if self.log_score_scale is None:
+            return self.scale
+        return self.scale * self.log_score_scale.exp()
 
     def forward(self, patches, sentences, sentence_mask):
         batch, num_sentences, dim = sentences.shape
         # The 1/sqrt(D) scale goes into the small forms, not onto the [B,L,2S] scores (nor their gradient).
         forms = torch.cat([_extended(self.image_query).T @ _extended(self.text_key),
-                           _extended(self.image_key).T @ _extended(self.text_query)]) * self.scale       # [2(D+1),D+1]
+                           _extended(self.image_key).T @ _extended(self.text_query)]) * self.score_scale()  # [2(D+1),D+1]
         folded = F.linear(sentences, forms[:, :dim], forms[:, dim])                                     # [B,S,2(D+1)]
         folded = folded.view(batch, num_sentences, 2, dim + 1).transpose(1, 2).reshape(batch, -1, dim + 1)
         # Patch-side coordinate D multiplies the constant 1: a per-sentence bias. Columns: S patch-query scores,
@@ -214,7 +228,7 @@ class CGNSModel(nn.Module):
         self.report_pool = AttentionPool(dim, config.pool_heads)
         self.log_logit_scale = nn.Parameter(torch.tensor(initial_log_logit_scale(config.temperature)))
         if config.use_local or config.use_mir:
-            self.cross_attention = SigmoidCrossAttention(dim)
+            self.cross_attention = SigmoidCrossAttention(dim, learnable_scale=config.attention_scale == "learnable")
         if config.use_local:
             self.predictor = Predictor(dim)
         if config.use_cgns:
