@@ -1,4 +1,6 @@
 """The attention localisation measure: 1.0 when maps peak in the box, about chance for flat or random maps."""
+import math
+
 import pytest
 import torch
 
@@ -71,3 +73,17 @@ def test_per_finding_and_shape_error():
     assert result["per_finding"]["b"]["hit_rate"] == 0.0
     with pytest.raises(ValueError, match=r"\[h, w\] map"):
         peak_in_box(torch.ones(1, GRID, GRID), (0, 0, 1, 1), IMAGE)
+
+
+def test_map_contrast_tells_flat_from_peaked_maps():
+    """Peak / mean is 1 for a flat map; sentence_difference is 0 when every sentence of an image has one map."""
+    from cgns.viz.localisation import map_contrast
+
+    flat = torch.full((3, 4, 4), 0.5)
+    peaked = torch.full((2, 4, 4), 0.1)
+    peaked[0, 0, 0] = peaked[1, 3, 3] = 1.7                      # two sentences, different peaks
+    assert map_contrast([flat]) == {"peak_over_mean": 1.0, "range_over_mean": 0.0, "sentence_difference": 0.0}
+    result = map_contrast([peaked])
+    assert result["peak_over_mean"] == pytest.approx(1.7 / 0.2) and result["range_over_mean"] == pytest.approx(8.0)
+    assert result["sentence_difference"] == pytest.approx((2 * 0.8) / 16 / 0.2)
+    assert math.isnan(map_contrast([])["peak_over_mean"])

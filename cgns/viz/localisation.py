@@ -67,6 +67,30 @@ def localisation_score(samples: Iterable[tuple[torch.Tensor, tuple, tuple[int, i
     return result
 
 
+def map_contrast(maps_per_image) -> dict:
+    """How peaked the attention maps are, and how much they depend on the sentence.
+
+    maps_per_image: per image, its sentences' maps [S, h, w] (non-negative weights, e.g. sigmoid).
+    Returns the medians over all sentences of peak / mean and (max - min) / mean of a map, and over images with
+    several sentences of mean |map - the image's mean map| / the image's mean weight ("sentence_difference").
+    A flat map has peak / mean = 1: its arg-max, and any colour map stretched to its own range, is noise.
+    """
+    ratios, ranges, differences = [], [], []
+    for maps in maps_per_image:
+        flat = maps.detach().float().flatten(1)                                     # [S, h*w]
+        if flat.numel() == 0:
+            continue
+        mean = flat.mean(dim=1).clamp_min(1e-12)
+        ratios.append(flat.max(dim=1).values / mean)
+        ranges.append((flat.max(dim=1).values - flat.min(dim=1).values) / mean)
+        if flat.shape[0] > 1:
+            differences.append(float((flat - flat.mean(dim=0)).abs().mean() / flat.mean().clamp_min(1e-12)))
+    if not ratios:
+        return {"peak_over_mean": float("nan"), "range_over_mean": float("nan"), "sentence_difference": float("nan")}
+    return {"peak_over_mean": float(torch.cat(ratios).median()), "range_over_mean": float(torch.cat(ranges).median()),
+            "sentence_difference": float(torch.tensor(differences).median()) if differences else float("nan")}
+
+
 def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_size: int = 256,
                            device: str = "cpu", max_items: int | None = None, outputs=None,
                            checkpoint=None) -> dict:
@@ -78,8 +102,9 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     ground_truth.json). checkpoint: with a run directory, which checkpoint (default final.pt, else latest.pt, ...).
     outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
     Returns localisation_score(...) plus n_images, sentence_agnostic_hit_rate (the same measure on the mean
-    map of the image's sentences) and peak_on_image_rate (peaks on the X-ray rather than on its zero padding);
-    raises ValueError on data without ground truth.
+    map of the image's sentences), peak_on_image_rate (peaks on the X-ray rather than on its zero padding) and
+    "contrast" (map_contrast over every sentence's map: are the maps peaked at all?); raises ValueError on data
+    without ground truth.
     """
     from pathlib import Path
 
@@ -122,4 +147,5 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     # diagnostic: a map that peaks on the padding never localises anything
     result["peak_on_image_rate"] = sum(on_image) / len(on_image) if on_image else float("nan")
     result["n_images"] = len(outputs.indices)
+    result["contrast"] = map_contrast(outputs.attention_maps)
     return result

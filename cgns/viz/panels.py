@@ -61,6 +61,10 @@ def attention_sections(loaded, outputs, truth, out_dir: Path, num_images: int) -
     return sections
 
 
+# Below this median peak / mean the report warns that the attention maps are flat (their arg-max is noise).
+FLAT_PEAK_OVER_MEAN = 1.1
+
+
 def localisation_section(loaded, outputs, out_dir: Path) -> Section:
     result = attention_localisation(loaded.model, loaded.dataset, data_root=loaded.data_root,
                                     cache_size=loaded.cache_size, outputs=outputs)
@@ -77,11 +81,20 @@ def localisation_section(loaded, outputs, out_dir: Path) -> Section:
                          f"(lift x{result['lift']:.2f}). Sentence-agnostic baseline (the mean map of the "
                          f"image's sentences): {result['sentence_agnostic_hit_rate']:.1%}. Peaks on the X-ray "
                          f"itself rather than on its zero padding: {result['peak_on_image_rate']:.1%}.")
+    contrast = result["contrast"]
+    flat = contrast["peak_over_mean"] < FLAT_PEAK_OVER_MEAN
+    section.items.append(f"{'Warning: the maps are nearly flat. ' if flat else ''}Median map peak / mean "
+                         f"{contrast['peak_over_mean']:.2f}, (max - min) / mean {contrast['range_over_mean']:.2f}; "
+                         f"maps of one image's sentences differ by {contrast['sentence_difference']:.1%} of the "
+                         f"mean weight." + (" A flat map's peak is noise, and each panel above stretches its "
+                                            "colours to its own range: read the weights in the titles." if flat
+                                            else ""))
     rows = [[finding, entry["n_sentences"], entry["hit_rate"], entry["chance_rate"]]
             for finding, entry in result["per_finding"].items()]
     section.items.append(Table(["finding", "sentences", "peak in region", "chance"], rows))
     print(f"attention localisation: {result['hit_rate']:.3f} peak-in-region over {result['n_sentences']} "
-          f"sentences vs chance {result['chance_rate']:.3f}", file=sys.stderr)
+          f"sentences vs chance {result['chance_rate']:.3f}; median map peak / mean {contrast['peak_over_mean']:.2f}"
+          + (" (nearly flat maps: the peak is noise)" if flat else ""), file=sys.stderr)
     return section
 
 
