@@ -12,7 +12,7 @@ import argparse
 
 
 from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
-from cgns.engine.linear import TASKS, paper_row, run_linear_eval
+from cgns.engine.linear import SELECT_BY, TASKS, paper_row, run_linear_eval
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--patience", type=int, default=10, help="early stopping: epochs without val improvement")
-    parser.add_argument("--select-by", choices=["loss", "metric"], default="loss",
+    parser.add_argument("--select-by", choices=SELECT_BY, default="loss",
                         help="best epoch by validation loss (MGCA's monitor; stable on small validation sets) or by "
                              "the validation AUROC / accuracy")
     parser.add_argument("--feature-cache", default=None,

@@ -128,7 +128,7 @@ def _loop_cgns(clustering, z1, z2):
     delta = (cos - cos.diag()[:, None]) * same
     # The original's mean over all N*N entries; its unflagged entries also add the constant relu(alpha), no gradient.
     margin = F.relu(delta + clustering.alpha) + F.relu(-delta - clustering.beta)
-    margin = (margin * same).sum() / same.numel()   # the original's mean over all N x N entries
+    margin = (margin * same).sum() / same.numel()
     return loss + clustering.false_negative_weight * margin
 
 

@@ -11,8 +11,8 @@ Bandwidth of a gather forward = (bytes the op must read + bytes it writes) / tim
 (read + write): the picked rows or pixels once, read, and the output once, written, i.e. 2 x the output's bytes.
 Its percentage is of a copy_ moving the same bytes, timed in the same interleaved loop (the machine's copy rate
 drifts between runs; the 256 MB ceiling row is printed for reference only).
-What the hardware moves beyond that is not credited: the write-allocate reads of regular stores, or the whole
-image rows the gather_patches kernel streams in when a patch row is densely picked (unpicked pixels included).
+What the hardware moves beyond that is not credited: the write-allocate reads of regular stores, or the rest of a
+cache line when a picked piece does not fill it.
 Sizes: --quick uses batch 64 for the gathers (38 MB of images, 19 MB of outputs: partly cache-resident), the full
 run batch 256 (154 MB of images or tokens, 77 MB of outputs); each note gives the footprint against the
 last-level cache read from sysfs. On CUDA (when built and present): kmeans_assign at N=262,144 in float32 and

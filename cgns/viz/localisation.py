@@ -80,9 +80,9 @@ def map_contrast(maps_per_image) -> dict:
         flat = maps.detach().float().flatten(1)                                     # [S, h*w]
         if flat.numel() == 0:
             continue
-        mean = flat.mean(dim=1).clamp_min(1e-12)
-        ratios.append(flat.max(dim=1).values / mean)
-        ranges.append((flat.max(dim=1).values - flat.min(dim=1).values) / mean)
+        mean, peak = flat.mean(dim=1).clamp_min(1e-12), flat.max(dim=1).values
+        ratios.append(peak / mean)
+        ranges.append((peak - flat.min(dim=1).values) / mean)
         if flat.shape[0] > 1:
             differences.append(float((flat - flat.mean(dim=0)).abs().mean() / flat.mean().clamp_min(1e-12)))
     if not ratios:

@@ -17,15 +17,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "cpu_features.h"
 #include "kmeans.h"
-#include "kmeans_cpu_avx512.h"
 
-#define CGNS_UPDATE_AVX512 CGNS_X86_AVX512
-#if CGNS_UPDATE_AVX512
+#if CGNS_X86_AVX512
 #define CGNS_AVX512_TARGET __attribute__((target("avx512f")))
 #endif
 
@@ -114,15 +112,12 @@ void sum_block_baseline(const UpdateTask<scalar_t>& task) {
   sum_block<scalar_t, kBaselineBytes>(task);
 }
 
-#if CGNS_UPDATE_AVX512
+#if CGNS_X86_AVX512
 template <typename scalar_t>
 CGNS_AVX512_TARGET void sum_block_avx512(const UpdateTask<scalar_t>& task) {
   sum_block<scalar_t, kAvx512Bytes>(task);
 }
 #endif
-
-// Chooses the AVX-512 build when the CPU has it; same switch as kmeans_assign (CGNS_NO_AVX512=1 forces the other).
-bool update_uses_avx512() { return CGNS_UPDATE_AVX512 && avx512_enabled(); }
 
 template <typename scalar_t>
 void update_sums(const at::Tensor& points, const std::vector<int64_t>& members,
@@ -130,8 +125,9 @@ void update_sums(const at::Tensor& points, const std::vector<int64_t>& members,
   const int64_t num_clusters = sums.size(0), dim = sums.size(1);
   void (*sum_fn)(const UpdateTask<scalar_t>&) = sum_block_baseline<scalar_t>;
   int64_t vector_bytes = kBaselineBytes;
-#if CGNS_UPDATE_AVX512
-  if (update_uses_avx512()) sum_fn = sum_block_avx512<scalar_t>, vector_bytes = kAvx512Bytes;
+#if CGNS_X86_AVX512
+  // The AVX-512 build when the CPU has it; same switch as kmeans_assign (CGNS_NO_AVX512=1 forces the other).
+  if (avx512_enabled()) sum_fn = sum_block_avx512<scalar_t>, vector_bytes = kAvx512Bytes;
 #endif
   // Columns per task: what the kBlockVectors accumulators hold.
   const int64_t block = kBlockVectors * vector_bytes / static_cast<int64_t>(sizeof(scalar_t));
