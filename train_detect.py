@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 
-from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
+from cgns.cli import (add_common_args, add_encoder_source_args, add_whitening_args, check_encoder_source,
+                      downstream_kwargs, print_final)
 from cgns.engine.detect import DATASETS, paper_row, run_detection
 
 
@@ -28,6 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf-thresh", type=float, default=0.5, help="objectness kept before NMS (original: 0.5)")
     parser.add_argument("--nms-thresh", type=float, default=0.5, help="NMS IoU (original: 0.5)")
     parser.add_argument("--augment", action="store_true", help="training augmentation of the detection dataset")
+    add_whitening_args(parser)
     parser.add_argument("--feature-cache-gb", type=float, default=2.0,
                         help="frozen encoder: keep its maps in memory (encode each image once) up to this size; "
                              "0 re-encodes every epoch")
@@ -41,7 +43,8 @@ def main(argv=None) -> dict:
     results = run_detection(
         args.dataset, **downstream_kwargs(args), finetune=args.finetune, lr=args.learning_rate,
         weight_decay=args.weight_decay, head_width=args.head_width, conf_thresh=args.conf_thresh,
-        nms_thresh=args.nms_thresh, augment=args.augment, feature_cache_gb=args.feature_cache_gb, device=device,
+        nms_thresh=args.nms_thresh, augment=args.augment, feature_cache_gb=args.feature_cache_gb,
+        whiten_shrinkage=args.whiten_shrinkage, device=device,
         output_dir=output_dir)
     for split in ("val", "test"):
         print(paper_row(args.dataset, results, split))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 
-from cgns.cli import add_common_args, add_encoder_source_args, check_encoder_source, downstream_kwargs, print_final
+from cgns.cli import (add_common_args, add_encoder_source_args, add_whitening_args, check_encoder_source,
+                      downstream_kwargs, print_final)
 from cgns.engine.segment import DATASETS, paper_row, run_segmentation
 
 
@@ -29,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--foreground-prior", type=float, default=0.01,
                         help="initial foreground probability of the decoder's output (RetinaNet-style bias; "
                              "0.5 = the former zero bias)")
+    add_whitening_args(parser)
     parser.add_argument("--overlays", type=int, default=4, help="test overlays to write per fraction (0: none)")
     return parser
 
@@ -40,7 +42,7 @@ def main(argv=None) -> dict:
     results = run_segmentation(
         args.dataset, **downstream_kwargs(args), finetune=args.finetune, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, decoder_width=args.decoder_width, foreground_prior=args.foreground_prior,
-        device=device, output_dir=output_dir, overlays=args.overlays)
+        whiten_shrinkage=args.whiten_shrinkage, device=device, output_dir=output_dir, overlays=args.overlays)
     print(paper_row(args.dataset, results, "val"))
     print(paper_row(args.dataset, results, "test"))
     largest = results[max(results, key=float)]

@@ -96,6 +96,23 @@ def add_encoder_source_args(parser: argparse.ArgumentParser) -> argparse.Argumen
     return parser
 
 
+def add_whitening_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--whiten-shrinkage for the dense heads (detection, segmentation); see cgns.models.whitening."""
+    from cgns.models.whitening import parse_shrinkage
+
+    def shrinkage(value: str):
+        try:
+            return parse_shrinkage(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument("--whiten-shrinkage", type=shrinkage, nargs="+", default=[None], metavar="S",
+                        help="fixed whitening of the frozen encoder's maps before the head, fitted on the training "
+                             "split: 'off' (default, the protocol), 0 (full) or a shrinkage > 0 (partial). Several "
+                             "values: one head each, the best on validation is tested (e.g. off 0 0.1)")
+    return parser
+
+
 def downstream_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments every downstream run_* (linear, detection, segmentation) takes from the shared flags."""
     return dict(data_root=args.data_root, encoder_name=args.image_encoder, image_size=args.image_size,

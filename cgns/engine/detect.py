@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.detection import detection_metrics
+from cgns.models.whitening import fit_map_whitening, shrinkage_label
 from cgns.models.yolov3 import YOLOv3, build_yolov3
 
 DATASETS = ("rsna", "object_cxr")
@@ -31,10 +32,17 @@ def sum_losses(losses: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(losses.values())
 
 
+def encoded_maps(model: YOLOv3, batch: dict, device: str) -> list[torch.Tensor]:
+    """The encoder maps the head reads (before any whitening), from cached features or by encoding the images."""
+    if "features" in batch:
+        return [f.to(device, non_blocking=True).float() for f in batch["features"]]
+    return model.encode(batch["image"].to(device))
+
+
 def forward_batch(model: YOLOv3, batch: dict, device: str) -> list[torch.Tensor]:
     """Raw YOLOv3 maps for a batch of images, or of cached encoder features (see FeatureCache)."""
     if "features" in batch:
-        return model(features=[f.to(device, non_blocking=True).float() for f in batch["features"]])
+        return model(features=encoded_maps(model, batch, device))
     return model(batch["image"].to(device, non_blocking=True))
 
 
@@ -178,21 +186,29 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
                   resize_checkpoint: bool = False, finetune: bool = False,
                   data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 16,
                   lr: float = 5e-4, weight_decay: float = 1e-6, head_width: int = 256, conf_thresh: float = 0.5,
-                  nms_thresh: float = 0.5, augment: bool = False, feature_cache_gb: float = 2.0, device: str = "cpu",
+                  nms_thresh: float = 0.5, augment: bool = False, feature_cache_gb: float = 2.0,
+                  whiten_shrinkage: Sequence[Optional[float]] = (None,), device: str = "cpu",
                   output_dir: Optional[os.PathLike] = None, num_workers: int = 0, log=print) -> dict:
     """YOLOv3 detection for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
 
     Exactly one of checkpoint / image_weights / random_init (see cgns.engine.features.load_frozen_encoder; the
     encoder name and image size come from a checkpoint). The encoder is frozen unless `finetune`; a frozen encoder
     without augmentation encodes each image once (FeatureCache) when the maps fit in feature_cache_gb (0: never).
+    whiten_shrinkage: candidate shrinkages of a fixed whitening of the encoded maps (cgns.models.whitening; None = no
+    whitening), fitted on the training fraction (not augmented); each candidate trains its own head (same seed), the
+    best on validation (mAP, then loss) is tested, and every candidate's validation mAP is recorded under "whitening".
     Writes <output_dir>/metrics.json (the fractions, plus "val"/"test" of the largest one) when output_dir is given.
     """
     from cgns.cli import resolve_data_root, write_metrics
     from cgns.data.datasets import build
-    from cgns.engine.features import load_frozen_encoder
+    from cgns.engine.features import load_frozen_encoder, sweep_whitening
 
     if dataset not in DATASETS:
         raise ValueError(f"detection: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
+    candidates = list(whiten_shrinkage) or [None]
+    if finetune and any(c is not None for c in candidates):
+        raise ValueError("detection: --whiten-shrinkage needs a frozen encoder (it whitens fixed features); "
+                         "drop it or --finetune")
     root = resolve_data_root(dataset, data_root)
     use_cache = not finetune and not augment and feature_cache_gb > 0
     results, encoder, source, cached = {}, None, None, {}
@@ -227,8 +243,26 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
         test_loader = detection_loader(sets["test"], batch_size, shuffle=False, num_workers=num_workers)
         log(f"detection {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
             f"({'fine-tuned' if finetune else 'frozen'}), {num_train} training images")
-        summary = train_detector(model, train_loader, val_loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                 conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device, log=log)
+        def train_head(shrinkage):
+            whitening = None
+            if shrinkage is not None:
+                plain = sets["train"] if isinstance(sets["train"], FeatureCache) else build(
+                    "detection", dataset, "train", data_root=root, image_size=size, seed=seed, data_pct=pct,
+                    augment=False)
+                model.eval()
+                whitening = fit_map_whitening(
+                    model.encoded_channels, detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
+                    lambda b: encoded_maps(model, b, device), shrinkage)
+                log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
+            torch.manual_seed(seed)
+            head = build_yolov3(encoder, image_size=size, width=head_width, freeze_encoder=not finetune,
+                                whitening=whitening).to(device)
+            summary = train_detector(head, train_loader, val_loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                     conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device, log=log)
+            val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
+            return head, summary, val, _monitor_key(val) if val else (-math.inf, -math.inf)
+
+        model, summary, chosen, tried = sweep_whitening(candidates, train_head, "mAP", log)
         test = evaluate(model, test_loader, conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device)
         best = summary["history"][summary["best_epoch"]] if summary["history"] else {"val": {}, "train": {}}
         results[pct_key(pct)] = {
@@ -236,7 +270,8 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
             "train": {"num_images": num_train, "best_epoch": summary["best_epoch"], "epochs_run": epochs,
                       "first_epoch_loss": summary["history"][0]["train"].get("total") if summary["history"] else None,
                       "last_epoch_loss": summary["history"][-1]["train"].get("total") if summary["history"] else None,
-                      "seconds": round(time.perf_counter() - start, 2)}}
+                      "seconds": round(time.perf_counter() - start, 2)},
+            "whitening": {"chosen": shrinkage_label(chosen), "val_mAP": tried}}
         log(f"detection {dataset} {pct_key(pct)}: val mAP {best['val'].get('mAP')} test mAP {test['mAP']:.4f} "
             f"AP50 {test['AP50']:.4f} (skip-empty variant mAP {test['skip_empty/mAP']:.4f}; "
             f"best epoch {summary['best_epoch']})")

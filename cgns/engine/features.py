@@ -21,7 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -200,3 +200,24 @@ def load_frozen_encoder(encoder_name: Optional[str] = None, image_size: Optional
             param.requires_grad_(False)
     return encoder, {"name": encoder_name, "image_size": image_size, "pooling": pooling_for(encoder_name),
                      "origin": origin}
+
+
+def sweep_whitening(candidates: Sequence[Optional[float]], train_head: Callable, metric: str, log=print) -> tuple:
+    """Train one head per whitening shrinkage (None = no whitening) and keep the best on validation.
+
+    train_head(shrinkage) -> (model, summary, val_metrics, key): key orders the heads (larger is better).
+    Returns (model, summary, chosen shrinkage, {label: val_metrics[metric]}); logs the candidates when several.
+    """
+    from cgns.models.whitening import shrinkage_label
+
+    best, tried = None, {}
+    for shrinkage in candidates:
+        model, summary, val_metrics, key = train_head(shrinkage)
+        tried[shrinkage_label(shrinkage)] = val_metrics.get(metric, float("nan")) if val_metrics else float("nan")
+        if best is None or key > best[0]:
+            best = (key, model, summary, shrinkage)
+    _, model, summary, chosen = best
+    if len(candidates) > 1:
+        log(f"  whitening: validation {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items())
+            + f" -> {shrinkage_label(chosen)}")
+    return model, summary, chosen, tried

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
-from cgns.engine.features import load_frozen_encoder
+from cgns.engine.features import load_frozen_encoder, sweep_whitening
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.metrics import auroc, dice_per_image
 from cgns.models.unet import SegmentationModel, build_unet
+from cgns.models.whitening import fit_map_whitening, shrinkage_label
 
 DATASETS = ("siim", "rsna")
 FOCAL_WEIGHT = 10.0
@@ -156,11 +157,14 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                      finetune: bool = False, data_pcts: Sequence[float] = (1.0,), seed: int = 42,
                      epochs: int = 20, batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-6,
                      patience: int = 5, decoder_width: str = "base", foreground_prior: float = 0.01,
-                     device: str = "cpu",
+                     whiten_shrinkage: Sequence[Optional[float]] = (None,), device: str = "cpu",
                      output_dir: Optional[os.PathLike] = None, overlays: int = 4, num_workers: int = 0,
                      log=print) -> dict:
     """Train + evaluate for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
     foreground_prior: the decoder's initial pixel probability (0.01; 0.5 = a zero output bias, p = 0.5 everywhere).
+    whiten_shrinkage: candidate shrinkages of a fixed whitening of the frozen encoder's maps (cgns.models.whitening;
+      None = no whitening). Each candidate trains its own decoder (same seed); the best on validation (Dice, then
+      loss) is tested, and every candidate's validation Dice is recorded under "whitening".
     Writes <output_dir>/metrics.json (plus top-level val/test of the largest fraction) and overlay PNGs."""
     from cgns.cli import resolve_data_root, write_metrics
     from cgns.data.datasets import build
@@ -168,6 +172,10 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
 
     if dataset not in DATASETS:
         raise ValueError(f"segmentation: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
+    candidates = list(whiten_shrinkage) or [None]
+    if finetune and any(c is not None for c in candidates):
+        raise ValueError("segmentation: --whiten-shrinkage needs a frozen encoder (it whitens fixed features); "
+                         "drop it or --finetune")
     root = resolve_data_root(dataset, data_root)
     results, source = {}, None
     for pct in data_pcts:
@@ -180,9 +188,6 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         size = source["image_size"]
         log(f"segmentation {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
             f"({'fine-tuned' if finetune else 'frozen'})")
-        torch.manual_seed(seed)
-        decoder = build_unet(encoder, width=decoder_width, prior=foreground_prior)
-        model = SegmentationModel(encoder, decoder, finetune=finetune).to(device)
 
         def split(name: str, augment: bool, fraction: float = 1.0):
             return build("segmentation", dataset, name, data_root=root, image_size=size, data_pct=fraction,
@@ -191,8 +196,22 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         train_loader = _loader(split("train", True, pct), batch_size, True, seed, num_workers)
         val_loader = _loader(split("valid", False), batch_size, False, seed, num_workers)
         test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
-        summary = train_segmentation(model, train_loader, val_loader, epochs=epochs, lr=lr,
-                                     weight_decay=weight_decay, patience=patience, device=device, log=log)
+        def train_head(shrinkage):
+            whitening = None
+            if shrinkage is not None:
+                plain = _loader(split("train", False, pct), batch_size, False, seed, num_workers)
+                encoder.to(device).eval()
+                whitening = fit_map_whitening(encoder.pyramid_channels, plain,
+                                              lambda b: encoder.feature_pyramid(b["image"].to(device)), shrinkage)
+                log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
+            torch.manual_seed(seed)
+            decoder = build_unet(encoder, width=decoder_width, prior=foreground_prior)
+            model = SegmentationModel(encoder, decoder, finetune=finetune, whitening=whitening).to(device)
+            summary = train_segmentation(model, train_loader, val_loader, epochs=epochs, lr=lr,
+                                         weight_decay=weight_decay, patience=patience, device=device, log=log)
+            return model, summary, summary["val"], (summary["val"]["dice"], -summary["val"]["loss"])
+
+        model, summary, chosen, tried = sweep_whitening(candidates, train_head, "dice", log)
         # the best state, evaluated the same way on both splits (with the threshold-free pixel AUROC)
         val_metrics, _ = evaluate_segmentation(model, val_loader, device, pixel_auroc=True)
         test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays, pixel_auroc=True)
@@ -201,13 +220,15 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         results[pct_key(pct)] = {
             "val": val_metrics, "test": test_metrics,
             "train": {"num_images": len(train_loader.dataset), "best_epoch": summary["best_epoch"],
-                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)}}
+                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)},
+            "whitening": {"chosen": shrinkage_label(chosen), "val_dice": tried}}
         log(f"segmentation {dataset} {pct_key(pct)}: val dice {summary['val']['dice']:.4f} "
             f"test dice {test_metrics['dice']:.4f} (best epoch {summary['best_epoch']})")
     if output_dir is not None:
         largest = results[pct_key(max(data_pcts))]
         recipe = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
-                  "decoder_width": decoder_width, "foreground_prior": foreground_prior}
+                  "decoder_width": decoder_width, "foreground_prior": foreground_prior,
+                  "whiten_shrinkage": [shrinkage_label(c) for c in candidates]}
         write_metrics(output_dir, {**results, "val": largest["val"], "test": largest["test"], "encoder": source,
                                    "dataset": dataset, "finetune": finetune, "primary_metric": "dice",
                                    "recipe": recipe})

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cgns.models.resnet import resnet50
 from cgns.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embed

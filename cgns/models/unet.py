@@ -122,11 +122,15 @@ class UNet(nn.Module):
 
 
 class SegmentationModel(nn.Module):
-    """Encoder (frozen by default) + U-Net decoder. images [B, 3, S, S] -> mask logits [B, 1, S, S]."""
+    """Encoder (frozen by default) + U-Net decoder. images [B, 3, S, S] -> mask logits [B, 1, S, S].
+    whitening: an optional fixed MapWhitening of the encoder's pyramid (frozen encoder only)."""
 
-    def __init__(self, encoder: nn.Module, decoder: UNet, finetune: bool = False):
+    def __init__(self, encoder: nn.Module, decoder: UNet, finetune: bool = False, whitening: nn.Module | None = None):
         super().__init__()
-        self.encoder, self.decoder, self.finetune = encoder, decoder, finetune
+        if whitening is not None and finetune:
+            raise ValueError("SegmentationModel: feature whitening is fitted on frozen features; "
+                             "it cannot be combined with fine-tuning")
+        self.encoder, self.decoder, self.finetune, self.whitening = encoder, decoder, finetune, whitening
         for param in encoder.parameters():
             param.requires_grad_(finetune)
 
@@ -139,6 +143,8 @@ class SegmentationModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             pyramid = self.encoder.feature_pyramid(images)
+        if self.whitening is not None:
+            pyramid = self.whitening(pyramid)
         return self.decoder(pyramid, images.shape[-2:])
 
 

@@ -181,11 +181,16 @@ class YOLOv3(nn.Module):
     detect(images, conf_thresh, nms_thresh) -> per image dict(boxes [n,4] xyxy px, scores [n], labels [n]).
     """
 
-    def __init__(self, encoder: nn.Module, config: YOLOv3Config, freeze_encoder: bool = True):
+    def __init__(self, encoder: nn.Module, config: YOLOv3Config, freeze_encoder: bool = True,
+                 whitening: nn.Module | None = None):
         super().__init__()
+        if whitening is not None and not freeze_encoder:
+            raise ValueError("YOLOv3: feature whitening is fitted on frozen features; it cannot be combined with "
+                             "fine-tuning")
         self.config = config
         self.encoder = encoder
         self.freeze_encoder = freeze_encoder
+        self.whitening = whitening   # optional fixed MapWhitening of the encoded maps (cgns.models.whitening)
         if freeze_encoder:
             encoder.requires_grad_(False)
         strides = list(encoder.pyramid_strides)
@@ -200,6 +205,7 @@ class YOLOv3(nn.Module):
             self.level_index = [len(strides) - 1]
             self.pyramid = SimpleFeaturePyramid(channels[-1], strides[-1])
             in_channels = self.pyramid.out_channels
+        self.encoded_channels = [channels[i] for i in self.level_index]   # channels of encode()'s maps
         self.head = YOLOv3Head(in_channels, config.num_classes, config.width)
         self.register_buffer("anchors", config.anchors(), persistent=False)               # [9, 2] px
 
@@ -218,9 +224,12 @@ class YOLOv3(nn.Module):
 
     def forward(self, images: torch.Tensor | None = None, *, features: list[torch.Tensor] | None = None
                 ) -> list[torch.Tensor]:
-        """images [B,3,S,S] (or precomputed features = encode(images)) -> 3 raw maps [B, A, H_l, W_l, 5+K']."""
+        """images [B,3,S,S] (or precomputed features = encode(images)) -> 3 raw maps [B, A, H_l, W_l, 5+K'].
+        The whitening, when set, applies to either (a feature cache stores the maps before it)."""
         if features is None:
             features = self.encode(images)
+        if self.whitening is not None:
+            features = self.whitening(features)
         levels = features if self.pyramid is None else self.pyramid(features[-1])
         raw = []
         for out in self.head(levels):
@@ -353,6 +362,6 @@ class YOLOv3(nn.Module):
 
 
 def build_yolov3(encoder: nn.Module, image_size: int = 224, num_classes: int = 1, width: int = 256,
-                 freeze_encoder: bool = True, **config) -> YOLOv3:
+                 freeze_encoder: bool = True, whitening: nn.Module | None = None, **config) -> YOLOv3:
     return YOLOv3(encoder, YOLOv3Config(image_size=image_size, num_classes=num_classes, width=width, **config),
-                  freeze_encoder=freeze_encoder)
+                  freeze_encoder=freeze_encoder, whitening=whitening)

@@ -1,0 +1,146 @@
+"""Fixed whitening of frozen encoder maps (cgns.models.whitening) and its use by the dense heads."""
+import math
+
+import pytest
+import torch
+
+from cgns.models.whitening import MapWhitening, fit_map_whitening, parse_shrinkage, shrinkage_label
+
+
+def correlated_maps(generator, batches=6, batch=4, channels=(8, 5), size=(6, 5)):
+    """Map lists whose channels are strongly correlated and offset (eigenvalues spread over ~3 decades, above the floor)."""
+    # a random rotation times fixed scales: eigenvalues are exactly the squared scales (1 down to 1e-3)
+    mixes = [torch.linalg.qr(torch.randn(c, c, generator=generator))[0] * torch.logspace(0, -1.5, c)[None, :]
+             for c in channels]
+    offsets = [torch.randn(c, generator=generator) * 3 for c in channels]
+    out = []
+    for _ in range(batches):
+        out.append([torch.einsum("dc,bchw->bdhw", mix, torch.randn(batch, c, *size, generator=generator))
+                    + offset[:, None, None] for mix, offset, c in zip(mixes, offsets, channels)])
+    return out
+
+
+def pooled(maps_list, i):
+    """All positions of map i as rows [N, C]."""
+    return torch.cat([maps[i].transpose(0, 1).reshape(maps[i].shape[1], -1).T for maps in maps_list]).double()
+
+
+def test_full_whitening_gives_zero_mean_and_identity_covariance():
+    g = torch.Generator().manual_seed(0)
+    data = correlated_maps(g)
+    whitening = MapWhitening([8, 5]).fit(iter(data), shrinkage=0.0)
+    out = [whitening(maps) for maps in data]
+    for i, c in enumerate((8, 5)):
+        rows = pooled(out, i)
+        assert rows.mean(0).abs().max() < 1e-4
+        cov = torch.cov(rows.T, correction=0)
+        assert torch.allclose(cov, torch.eye(c, dtype=cov.dtype), atol=1e-3), cov
+        # before: far from isotropic, so the test can fail
+        raw = torch.linalg.eigvalsh(torch.cov(pooled(data, i).T, correction=0))
+        assert raw.max() / raw.min() > 100
+
+
+def test_shrinkage_lifts_small_directions_only_partly():
+    """In the covariance's eigenbasis the whitened variance is e / (e + s * mean(e)) (e above the floor)."""
+    g = torch.Generator().manual_seed(1)
+    data = correlated_maps(g, channels=(6,))
+    shrinkage = 0.5
+    whitening = fit_map_whitening([6], iter(data), lambda maps: maps, shrinkage)
+    raw = torch.cov(pooled(data, 0).T, correction=0)
+    e = torch.linalg.eigvalsh(raw)
+    expected = torch.sort(e / (e + shrinkage * e.mean())).values
+    got = torch.sort(torch.linalg.eigvalsh(torch.cov(pooled([whitening(m) for m in data], 0).T, correction=0))).values
+    assert torch.allclose(got, expected, rtol=1e-3, atol=1e-5), (got, expected)
+    assert got.max() / got.min() < e.max() / e.min() / 5   # measured 98 against 949
+
+
+def test_whitening_is_invertible_so_a_linear_head_loses_nothing():
+    """matrix is symmetric positive definite: head(W(x - m)) can express any affine head of x."""
+    g = torch.Generator().manual_seed(2)
+    whitening = MapWhitening([8]).fit(iter(correlated_maps(g, channels=(8,))), 0.0)
+    matrix = whitening.matrix_0.double()
+    assert torch.allclose(matrix, matrix.T, atol=1e-8)
+    assert torch.linalg.eigvalsh(matrix).min() > 0
+    x = torch.randn(2, 8, 3, 3, generator=g)
+    back = torch.einsum("dc,bchw->bdhw", torch.linalg.inv(matrix).float(), whitening([x])[0])
+    assert torch.allclose(back + whitening.mean_0[:, None, None], x, atol=1e-3)
+
+
+def test_fit_refuses_too_little_or_constant_data():
+    with pytest.raises(ValueError, match="at least 2"):
+        MapWhitening([3]).fit(iter([[torch.randn(1, 3, 1, 1)]]), 0.0)
+    with pytest.raises(ValueError, match="constant"):
+        MapWhitening([3]).fit(iter([[torch.ones(2, 3, 2, 2)]]), 0.0)
+    with pytest.raises(ValueError, match="2 maps"):
+        MapWhitening([3])([torch.zeros(1, 3, 1, 1)] * 2)
+
+
+def test_parse_shrinkage():
+    assert parse_shrinkage("off") is None and parse_shrinkage("None") is None
+    assert parse_shrinkage("0") == 0.0 and parse_shrinkage("0.1") == pytest.approx(0.1)
+    for bad in ("-1", "nan", "lots"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_shrinkage(bad)
+    assert [shrinkage_label(s) for s in (None, 0.0, 0.1)] == ["off", "0", "0.1"]
+
+
+def test_whitening_needs_a_frozen_encoder():
+    from cgns.models.encoders import build_image_encoder
+    from cgns.models.unet import SegmentationModel, build_unet
+    from cgns.models.yolov3 import build_yolov3
+
+    encoder = build_image_encoder("vit_tiny", 32)
+    whitening = MapWhitening(encoder.pyramid_channels)
+    with pytest.raises(ValueError, match="fine-tuning"):
+        SegmentationModel(encoder, build_unet(encoder, width="small"), finetune=True, whitening=whitening)
+    with pytest.raises(ValueError, match="fine-tuning"):
+        build_yolov3(encoder, image_size=32, width=16, freeze_encoder=False, whitening=MapWhitening([192]))
+
+
+def test_segmentation_picks_the_candidate_with_the_best_validation_dice(test_world):
+    from cgns.engine.segment import run_segmentation
+
+    logs = []
+    result = run_segmentation("siim", data_root=test_world / "siim", encoder_name="vit_tiny", image_size=64,
+                              random_init=True, epochs=1, batch_size=8, decoder_width="small",
+                              whiten_shrinkage=(None, 0.0), overlays=0, log=logs.append)["1"]
+    tried = result["whitening"]["val_dice"]
+    assert set(tried) == {"off", "0"}
+    assert tried[result["whitening"]["chosen"]] == max(tried.values())   # ties: the lower validation loss
+    assert result["val"]["dice"] == pytest.approx(tried[result["whitening"]["chosen"]], abs=1e-6)
+    assert any("whitening: validation dice off" in line for line in logs)
+    with pytest.raises(ValueError, match="frozen encoder"):
+        run_segmentation("siim", data_root=test_world / "siim", encoder_name="vit_tiny", image_size=64,
+                         random_init=True, finetune=True, whiten_shrinkage=(0.0,))
+
+
+def test_detection_whitening_is_fitted_the_same_from_cached_maps_and_from_images(test_world):
+    """The head trains on whitened maps either way: streamed images and the feature cache give one result."""
+    from cgns.engine.detect import run_detection
+
+    runs = [run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
+                          random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
+                          feature_cache_gb=budget, whiten_shrinkage=(0.1,), log=lambda *a: None)["1"]
+            for budget in (0.0, 2.0)]
+    streamed, cached = runs
+    assert streamed["whitening"]["chosen"] == cached["whitening"]["chosen"] == "0.1"
+    assert abs(streamed["train"]["last_epoch_loss"] - cached["train"]["last_epoch_loss"]) < 1e-4
+    assert abs(streamed["test"]["loss"] - cached["test"]["loss"]) < 1e-4
+    plain = run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
+                          random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
+                          log=lambda *a: None)["1"]
+    # whitening changes what the head sees: the losses move (else this test could not fail)
+    assert not math.isclose(plain["train"]["last_epoch_loss"], cached["train"]["last_epoch_loss"], rel_tol=1e-3)
+
+
+def test_cli_flag_parses_candidates_and_names_a_bad_value(capsys):
+    import train_detect
+    import train_seg
+
+    for module in (train_seg, train_detect):
+        args = module.get_args_parser().parse_args(["--dataset", "rsna", "--whiten-shrinkage", "off", "0", "0.1"])
+        assert args.whiten_shrinkage == [None, 0.0, 0.1]
+        assert module.get_args_parser().parse_args(["--dataset", "rsna"]).whiten_shrinkage == [None]
+        with pytest.raises(SystemExit):
+            module.get_args_parser().parse_args(["--dataset", "rsna", "--whiten-shrinkage", "-0.5"])
+        assert "'-0.5'" in capsys.readouterr().err
