@@ -144,3 +144,26 @@ def test_cli_flag_parses_candidates_and_names_a_bad_value(capsys):
         with pytest.raises(SystemExit):
             module.get_args_parser().parse_args(["--dataset", "rsna", "--whiten-shrinkage", "-0.5"])
         assert "'-0.5'" in capsys.readouterr().err
+
+
+def test_resnet_pyramids_whiten_for_both_heads():
+    """ResNet-50: five U-Net maps (stem .. layer4) and three YOLOv3 maps (layers 2-4), each whitened."""
+    from cgns.models.encoders import build_image_encoder
+    from cgns.models.unet import SegmentationModel, build_unet
+    from cgns.models.yolov3 import build_yolov3
+
+    torch.manual_seed(0)
+    encoder = build_image_encoder("resnet50", 64).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        pyramid = encoder.feature_pyramid(images)
+    seg_whitening = MapWhitening(encoder.pyramid_channels).fit(iter([pyramid]), 0.1)
+    model = SegmentationModel(encoder, build_unet(encoder, width="small"), whitening=seg_whitening).eval()
+    assert model(images).shape == (4, 1, 64, 64)
+    detector = build_yolov3(encoder, image_size=64, width=16).eval()
+    assert detector.encoded_channels == [512, 1024, 2048]
+    with torch.no_grad():
+        detector.whitening = MapWhitening(detector.encoded_channels).fit(iter([detector.encode(images)]), 0.1)
+        assert [tuple(r.shape[2:4]) for r in detector(images)] == [(8, 8), (4, 4), (2, 2)]
+        whitened = detector.whitening(detector.encode(images))
+    assert whitened[0].mean(dim=(0, 2, 3)).abs().max() < 1e-3
