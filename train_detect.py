@@ -2,6 +2,7 @@
 
     python train_detect.py --dataset rsna --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
     python train_detect.py --dataset object_cxr --random-init --image-encoder resnet50 --image-size 224
+    python train_detect.py --dataset rsna --random-init --image-encoder vit_tiny --image-size 64 --whiten-shrinkage off 0 0.1
 
 Prints the paper-style rows (mAP over IoU 0.4:0.05:0.75 on all test images, and the original's skip-empty variant)
 and writes <output-dir>/metrics.json: {"<pct>": {"val": {...}, "test": {...}, "train": {...}}, "val": ...,

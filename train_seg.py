@@ -2,6 +2,7 @@
 
     python train_seg.py --dataset siim --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
     python train_seg.py --dataset rsna --random-init --image-encoder resnet50 --finetune
+    python train_seg.py --dataset siim --checkpoint runs/demo/checkpoints/final.pt --whiten-shrinkage off 0 0.1
 
 Prints the paper-style row (1% / 10% / 100% Dice) and writes <output-dir>/metrics.json
 {"<pct>": {"val": {...}, "test": {...}, "train": {...}}, "val": ..., "test": ... (largest fraction)} and
