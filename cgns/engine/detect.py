@@ -243,16 +243,18 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
         test_loader = detection_loader(sets["test"], batch_size, shuffle=False, num_workers=num_workers)
         log(f"detection {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
             f"({'fine-tuned' if finetune else 'frozen'}), {num_train} training images")
+        reader = model   # encodes images for the whitening fit (the cache was built with it)
+
         def train_head(shrinkage):
             whitening = None
             if shrinkage is not None:
                 plain = sets["train"] if isinstance(sets["train"], FeatureCache) else build(
                     "detection", dataset, "train", data_root=root, image_size=size, seed=seed, data_pct=pct,
                     augment=False)
-                model.eval()
+                reader.eval()
                 whitening = fit_map_whitening(
-                    model.encoded_channels, detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
-                    lambda b: encoded_maps(model, b, device), shrinkage)
+                    reader.encoded_channels, detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
+                    lambda b: encoded_maps(reader, b, device), shrinkage)
                 log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
             torch.manual_seed(seed)
             head = build_yolov3(encoder, image_size=size, width=head_width, freeze_encoder=not finetune,

@@ -196,6 +196,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         train_loader = _loader(split("train", True, pct), batch_size, True, seed, num_workers)
         val_loader = _loader(split("valid", False), batch_size, False, seed, num_workers)
         test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
+
         def train_head(shrinkage):
             whitening = None
             if shrinkage is not None:
