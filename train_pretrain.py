@@ -74,6 +74,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-scale", choices=["sqrt_d", "learnable"], default="sqrt_d",
                        help="cross-attention scores q.k / sqrt(D) (METHOD.md), or also times a learnable exp(s) "
                             "initialised at D ('learnable': unit-norm inputs otherwise leave the maps flat)")
+    from cgns.models.cgns import ATTENTION_NORMS
+
+    model.add_argument("--attention-norm", choices=list(ATTENTION_NORMS), default="sigmoid",
+                       help="cross-attention weights: sigmoid (METHOD.md) or softmax (ablation, as MGCA / GLoRIA; "
+                            "pair it with --attention-scale learnable, else the weights are near uniform)")
     model.add_argument("--no-cgns", action="store_true", help="ablation: plain local text loss, no clustering")
     model.add_argument("--no-mir", action="store_true", help="ablation: no CM-MIR reconstruction in stage 2")
     model.add_argument("--no-local", action="store_true", help="ablation: global loss only (ConVIRT-style)")
@@ -130,7 +135,8 @@ def model_config(args, tokenizer, tokenizer_dir: str):
                   decoder_heads=args.decoder_heads, decoder_feedforward=args.decoder_feedforward,
                   kmeans_seed=args.seed, use_cgns=not (args.no_cgns or args.no_local), use_mir=not args.no_mir,
                   use_local=not args.no_local, local_image_weight=args.local_image_weight,
-                  local_text_weight=args.local_text_weight, attention_scale=args.attention_scale)
+                  local_text_weight=args.local_text_weight, attention_scale=args.attention_scale,
+                  attention_norm=args.attention_norm)
     return CGNSConfig(**values)
 
 

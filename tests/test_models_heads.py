@@ -66,15 +66,17 @@ def loop_attention_pool(pool, reports):
 
 
 def loop_cross_attention(attention, patches, reports, maps=None):
-    """The original: per sample, sigmoid attention between its patches [L,D] and its real sentences [S,D].
+    """The original: per sample, sigmoid attention between its patches [L,D] and its real sentences [S,D]
+    (softmax over the last dimension when attention.normalisation is 'softmax').
     maps, if a list, receives (patch attention [L,S], sentence attention [S,L]) per sample."""
     text_to_patch, image_to_sentence = [], []
     scale = 1.0 / attention.score_scale()
+    weigh = torch.sigmoid if attention.normalisation == "sigmoid" else lambda scores: torch.softmax(scores, dim=-1)
     for b, sentences in enumerate(reports):
         image = patches[b]
-        to_sentences = torch.sigmoid(attention.text_query(sentences) @ attention.image_key(image).T / scale)
+        to_sentences = weigh(attention.text_query(sentences) @ attention.image_key(image).T / scale)
         image_to_sentence.append(to_sentences @ attention.image_value(image))          # [S,D]
-        to_patches = torch.sigmoid(attention.image_query(image) @ attention.text_key(sentences).T / scale)
+        to_patches = weigh(attention.image_query(image) @ attention.text_key(sentences).T / scale)
         text_to_patch.append(to_patches @ attention.text_value(sentences))             # [L,D]
         if maps is not None:
             maps.append((to_patches, to_sentences))
@@ -180,13 +182,14 @@ def test_grid_attention_pooling_with_positions_equals_multi_head_attention():
     assert_same_gradients(pool, (grid,), ours.square().sum(), theirs.square().sum())
 
 
+@pytest.mark.parametrize("normalisation", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("learnable_scale", [False, True], ids=["sqrt_d", "learnable"])
-def test_cross_attention_and_local_image_loss_equal_loop(learnable_scale):
+def test_cross_attention_and_local_image_loss_equal_loop(learnable_scale, normalisation):
     torch.manual_seed(0)
     tokens, index = make_reports(dim=16)
     patches = F.normalize(torch.randn(tokens.shape[0], 9, 16, dtype=torch.float64), dim=-1).requires_grad_(True)
     tokens.requires_grad_(True)
-    attention = SigmoidCrossAttention(16, learnable_scale=learnable_scale).double()
+    attention = SigmoidCrossAttention(16, learnable_scale=learnable_scale, normalisation=normalisation).double()
     if learnable_scale:
         with torch.no_grad():
             attention.log_score_scale.add_(0.3)                 # away from its initial value

@@ -24,6 +24,9 @@ from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_enco
 from cgns.models.text import TextEncoder
 
 
+ATTENTION_NORMS = ("sigmoid", "softmax")   # cross-attention weights (CGNSConfig.attention_norm)
+
+
 @dataclass
 class CGNSConfig:
     # image side
@@ -72,6 +75,9 @@ class CGNSConfig:
     # those scores are O(1/D) and the sigmoid weights sit at 0.5 for every patch: the maps are flat. 'learnable'
     # multiplies them by exp(s), s a parameter initialised at log(D) (a deviation, for study).
     attention_scale: str = "sqrt_d"
+    # cross-attention weights: 'sigmoid' (METHOD.md, the original: each weight on its own) or 'softmax' (an ablation,
+    # as MGCA / GLoRIA: each patch's weights over its sentences, and each sentence's over the patches, sum to 1)
+    attention_norm: str = "sigmoid"
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -91,6 +97,8 @@ class CGNSConfig:
                              f"{self.local_text_weight}")
         if self.attention_scale not in ("sqrt_d", "learnable"):
             raise ValueError(f"attention_scale must be 'sqrt_d' or 'learnable', got {self.attention_scale!r}")
+        if self.attention_norm not in ATTENTION_NORMS:
+            raise ValueError(f"attention_norm must be one of {ATTENTION_NORMS}, got {self.attention_norm!r}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
 
@@ -148,6 +156,8 @@ class SigmoidCrossAttention(nn.Module):
     """Single-head cross-attention between a sample's patches and its sentences, sigmoid instead of softmax.
 
     Separate query/key/value projections per modality, scores scaled by sqrt(D), padding sentences masked out.
+    normalisation='softmax' (an ablation) normalises each patch's weights over its sentences and each sentence's
+    weights over the patches instead of taking each sigmoid on its own.
     forward(patches [B,L,D], sentences [B,S,D], sentence_mask bool[B,S]) -> dict(
         text_to_patch [B,L,D] (one text-to-image vector per patch),
         image_to_sentence [B,S,D] (one image-to-text vector per sentence; padding rows are meaningless),
@@ -163,8 +173,11 @@ class SigmoidCrossAttention(nn.Module):
         attention @ image_value(patches) = (attention @ patches) @ Wv^T + attention.sum(-1) * bv.
     """
 
-    def __init__(self, dim: int, learnable_scale: bool = False):
+    def __init__(self, dim: int, learnable_scale: bool = False, normalisation: str = "sigmoid"):
         super().__init__()
+        if normalisation not in ATTENTION_NORMS:
+            raise ValueError(f"cross-attention normalisation must be one of {ATTENTION_NORMS}, got {normalisation!r}")
+        self.normalisation = normalisation
         self.scale = 1.0 / math.sqrt(dim)
         # learnable_scale: scores also multiplied by exp(log_score_scale), initialised at D (see CGNSConfig)
         self.log_score_scale = nn.Parameter(torch.tensor(math.log(dim))) if learnable_scale else None
@@ -187,10 +200,18 @@ class SigmoidCrossAttention(nn.Module):
         # Patch-side coordinate D multiplies the constant 1: a per-sentence bias. Columns: S patch-query scores,
         # then S sentence-query scores.
         scores = torch.baddbmm(folded[..., dim][:, None, :], patches, folded[..., :dim].transpose(1, 2))  # [B,L,2S]
-        weights = torch.sigmoid(scores)
-        # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
-        patch_attention = weights[..., :num_sentences] * sentence_mask.to(weights.dtype)[:, None, :]   # [B,L,S]
-        sentence_attention = weights[..., num_sentences:].transpose(1, 2)                               # [B,S,L]
+        keep = sentence_mask.to(scores.dtype)[:, None, :]                                                 # [B,1,S]
+        if self.normalisation == "sigmoid":
+            weights = torch.sigmoid(scores)
+            # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
+            patch_attention = weights[..., :num_sentences] * keep                                       # [B,L,S]
+            sentence_attention = weights[..., num_sentences:].transpose(1, 2)                           # [B,S,L]
+        else:
+            # softmax over each patch's real sentences (padding at the dtype's minimum: exactly 0 after exp; a
+            # sample without sentences gets all-zero rows, not NaN), and over the patches for each sentence
+            padded = scores[..., :num_sentences].masked_fill(~sentence_mask[:, None, :], torch.finfo(scores.dtype).min)
+            patch_attention = torch.softmax(padded, dim=-1) * keep                                      # [B,L,S]
+            sentence_attention = torch.softmax(scores[..., num_sentences:], dim=1).transpose(1, 2)      # [B,S,L]
         image_to_sentence = (F.linear(sentence_attention @ patches, self.image_value.weight)
                              + sentence_attention.sum(dim=-1, keepdim=True) * self.image_value.bias)    # [B,S,D]
         value = self.text_value(sentences)                                                              # [B,S,D]
@@ -228,7 +249,8 @@ class CGNSModel(nn.Module):
         self.report_pool = AttentionPool(dim, config.pool_heads)
         self.log_logit_scale = nn.Parameter(torch.tensor(initial_log_logit_scale(config.temperature)))
         if config.use_local or config.use_mir:
-            self.cross_attention = SigmoidCrossAttention(dim, learnable_scale=config.attention_scale == "learnable")
+            self.cross_attention = SigmoidCrossAttention(dim, learnable_scale=config.attention_scale == "learnable",
+                                                         normalisation=config.attention_norm)
         if config.use_local:
             self.predictor = Predictor(dim)
         if config.use_cgns:
