@@ -190,7 +190,8 @@ def run(args, info) -> dict:
                    f"{info.world_size} process(es) on {info.device}, output {out}")
     trainer = Pretrainer(model, train_set, valid_set, _collate(), loop_config(args), info, out,
                          config.to_dict(), run_args={**vars(args), "world_size": info.world_size},
-                         extra_state={"tokenizer_dir": tokenizer_dir})
+                         extra_state={"tokenizer_dir": tokenizer_dir},
+                         upgrade_config=lambda saved: type(config).from_dict(saved).to_dict())
     resume = Path(args.checkpoint) if args.checkpoint else ckpt.find_resume(out)
     if resume is not None:
         trainer.resume(resume)

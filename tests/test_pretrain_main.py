@@ -73,3 +73,20 @@ def test_data_pct_and_config_refusal(test_world, tmp_path):
         run(test_world, tmp_path, "--data-pct", 0.5, "--stage1-epochs", 1, "--stage2-epochs", 0, "--embed-dim", 64)
     with pytest.raises(SystemExit):
         run(test_world, tmp_path, "--epochs", 3)  # pretraining has per-stage epochs
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(test_world, tmp_path):
+    """A field added to CGNSConfig later (absent from an older checkpoint) takes its default; a real difference is
+    still refused."""
+    args = ("--stage1-epochs", 1, "--stage2-epochs", 0, "--max-steps", 1)
+    run(test_world, tmp_path, *args)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    del state["config"]["attention_norm"]
+    torch.save(state, path)
+    run(test_world, tmp_path, *args, "--max-steps", 2)          # resumes: the missing field is its default
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["config"]["attention_norm"] = "softmax"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"attention_norm: checkpoint='softmax', now='sigmoid'"):
+        run(test_world, tmp_path, *args, "--max-steps", 3)

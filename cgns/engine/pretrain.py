@@ -85,11 +85,15 @@ class Pretrainer:
     """Owns model, DDP wrapper, optimiser, scaler, loaders and progress for one pretraining run."""
 
     def __init__(self, model: torch.nn.Module, train_set, val_set, collate_fn, cfg: LoopConfig, info: DistInfo,
-                 output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None):
+                 output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None,
+                 upgrade_config=None):
         self.raw = model.to(info.device)
         self.train_set, self.val_set, self.collate_fn = train_set, val_set, collate_fn
         self.cfg, self.info, self.output_dir = cfg, info, output_dir
         self.model_config = model_config
+        # upgrade_config(saved config dict) -> the same config as this code writes it (fields added since the
+        # checkpoint was written take their defaults), so that an older run still resumes
+        self.upgrade_config = upgrade_config
         self.run_args = dict(run_args or {})
         self.extra_state = dict(extra_state or {})
         self.device = info.device
@@ -167,7 +171,13 @@ class Pretrainer:
     def resume(self, path) -> None:
         """Continue exactly where the checkpoint left off; refuse one from another configuration."""
         state = ckpt.load_checkpoint(path, map_location="cpu")
-        ckpt.check_compatible(path, state.get("config", {}), self.model_config, "model configuration")
+        saved_config = state.get("config", {})
+        if self.upgrade_config is not None:
+            try:
+                saved_config = self.upgrade_config(saved_config)
+            except ValueError as error:
+                raise ValueError(f"checkpoint {path}: {error}") from None
+        ckpt.check_compatible(path, saved_config, self.model_config, "model configuration")
         current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
                    if k in RESUME_KEYS}
         saved = {**state.get("loop", {}), "world_size": state.get("world_size")}
