@@ -71,11 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="weight of loss 2, local image SimSiam (METHOD.md: 1; see CGNSConfig for the demo's)")
     model.add_argument("--local-text-weight", type=float,
                        help="weight of loss 3, local text + false negatives (METHOD.md: 1)")
-    model.add_argument("--attention-scale", choices=["sqrt_d", "learnable"], default="sqrt_d",
+    from cgns.models.cgns import ATTENTION_NORMS, ATTENTION_SCALES
+
+    model.add_argument("--attention-scale", choices=list(ATTENTION_SCALES), default="sqrt_d",
                        help="cross-attention scores q.k / sqrt(D) (METHOD.md), or also times a learnable exp(s) "
                             "initialised at D ('learnable': unit-norm inputs otherwise leave the maps flat)")
-    from cgns.models.cgns import ATTENTION_NORMS
-
     model.add_argument("--attention-norm", choices=list(ATTENTION_NORMS), default="sigmoid",
                        help="cross-attention weights: sigmoid (METHOD.md) or softmax (ablation, as MGCA / GLoRIA; "
                             "pair it with --attention-scale learnable, else the weights are near uniform)")

@@ -167,3 +167,32 @@ def test_resnet_pyramids_whiten_for_both_heads():
         assert [tuple(r.shape[2:4]) for r in detector(images)] == [(8, 8), (4, 4), (2, 2)]
         whitened = detector.whitening(detector.encode(images))
     assert whitened[0].mean(dim=(0, 2, 3)).abs().max() < 1e-3
+
+
+def test_sweep_reads_the_training_maps_once_for_every_shrinkage():
+    """fit_moments (the pass over the training split) runs once however many candidates whiten, never for 'off';
+    each candidate's head gets the whitening of its own shrinkage, and the best key wins."""
+    from cgns.engine.features import sweep_whitening
+    from cgns.models.whitening import MapMoments
+
+    g = torch.Generator().manual_seed(3)
+    data = correlated_maps(g, channels=(6,))
+    passes, seen = [], []
+
+    def fit_moments():
+        passes.append(1)
+        return MapMoments([6], iter(data))
+
+    def train_head(whitening):
+        seen.append(None if whitening is None else whitening.matrix_0.clone())
+        score = 0.0 if whitening is None else float(whitening.matrix_0.trace())
+        return object(), {}, {"dice": score}, (score,)
+
+    _, _, chosen, tried = sweep_whitening([None, 0.0, 0.1, 1.0], fit_moments, train_head, "dice", log=lambda *a: None)
+    assert len(passes) == 1 and seen[0] is None
+    for shrinkage, matrix in zip((0.0, 0.1, 1.0), seen[1:]):
+        assert torch.allclose(matrix, MapWhitening([6]).fit(iter(data), shrinkage).matrix_0)
+    assert chosen == 0.0 and set(tried) == {"off", "0", "0.1", "1"}    # full whitening has the largest trace
+    passes.clear()
+    sweep_whitening([None], fit_moments, train_head, "dice", log=lambda *a: None)
+    assert not passes

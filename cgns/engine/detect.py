@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.detection import detection_metrics
-from cgns.models.whitening import fit_map_whitening, shrinkage_label
+from cgns.models.whitening import fit_map_moments, shrinkage_label
 from cgns.models.yolov3 import YOLOv3, build_yolov3
 
 DATASETS = ("rsna", "object_cxr")
@@ -201,14 +201,11 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
     """
     from cgns.cli import resolve_data_root, write_metrics
     from cgns.data.datasets import build
-    from cgns.engine.features import load_frozen_encoder, sweep_whitening
+    from cgns.engine.features import load_frozen_encoder, sweep_whitening, whitening_candidates
 
     if dataset not in DATASETS:
         raise ValueError(f"detection: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
-    candidates = list(whiten_shrinkage) or [None]
-    if finetune and any(c is not None for c in candidates):
-        raise ValueError("detection: --whiten-shrinkage needs a frozen encoder (it whitens fixed features); "
-                         "drop it or --finetune")
+    candidates = whitening_candidates(whiten_shrinkage, finetune, "detection")
     root = resolve_data_root(dataset, data_root)
     use_cache = not finetune and not augment and feature_cache_gb > 0
     results, encoder, source, cached = {}, None, None, {}
@@ -245,17 +242,16 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
             f"({'fine-tuned' if finetune else 'frozen'}), {num_train} training images")
         reader = model   # encodes images for the whitening fit (the cache was built with it)
 
-        def train_head(shrinkage):
-            whitening = None
-            if shrinkage is not None:
-                plain = sets["train"] if isinstance(sets["train"], FeatureCache) else build(
-                    "detection", dataset, "train", data_root=root, image_size=size, seed=seed, data_pct=pct,
-                    augment=False)
-                reader.eval()
-                whitening = fit_map_whitening(
-                    reader.encoded_channels, detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
-                    lambda b: encoded_maps(reader, b, device), shrinkage)
-                log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
+        def fit_moments():
+            plain = sets["train"] if isinstance(sets["train"], FeatureCache) else build(
+                "detection", dataset, "train", data_root=root, image_size=size, seed=seed, data_pct=pct,
+                augment=False)
+            reader.eval()
+            return fit_map_moments(reader.encoded_channels,
+                                   detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
+                                   lambda b: encoded_maps(reader, b, device))
+
+        def train_head(whitening):
             torch.manual_seed(seed)
             head = build_yolov3(encoder, image_size=size, width=head_width, freeze_encoder=not finetune,
                                 whitening=whitening).to(device)
@@ -264,7 +260,7 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
             val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
             return head, summary, val, _monitor_key(val) if val else (-math.inf, -math.inf)
 
-        model, summary, chosen, tried = sweep_whitening(candidates, train_head, "mAP", log)
+        model, summary, chosen, tried = sweep_whitening(candidates, fit_moments, train_head, "mAP", log)
         test = evaluate(model, test_loader, conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device)
         best = summary["history"][summary["best_epoch"]] if summary["history"] else {"val": {}, "train": {}}
         results[pct_key(pct)] = {

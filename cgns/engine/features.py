@@ -202,17 +202,36 @@ def load_frozen_encoder(encoder_name: Optional[str] = None, image_size: Optional
                      "origin": origin}
 
 
-def sweep_whitening(candidates: Sequence[Optional[float]], train_head: Callable, metric: str, log=print) -> tuple:
+def whitening_candidates(whiten_shrinkage: Sequence[Optional[float]], finetune: bool, task: str) -> list:
+    """The candidate shrinkages of a dense-head run (None = no whitening); refused with fine-tuning, before any data
+    is read, since whitening is fitted on fixed features."""
+    candidates = list(whiten_shrinkage) or [None]
+    if finetune and any(c is not None for c in candidates):
+        raise ValueError(f"{task}: --whiten-shrinkage needs a frozen encoder (it whitens fixed features); "
+                         f"drop it or --finetune")
+    return candidates
+
+
+def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable, train_head: Callable, metric: str,
+                    log=print) -> tuple:
     """Train one head per whitening shrinkage (None = no whitening) and keep the best on validation.
 
-    train_head(shrinkage) -> (model, summary, val_metrics, key): key orders the heads (larger is better).
+    fit_moments() -> cgns.models.whitening.MapMoments of the training maps: called once, on the first candidate that
+    whitens, and shared by the others. train_head(whitening or None) -> (model, summary, val_metrics, key): key orders
+    the heads (larger is better).
     Returns (model, summary, chosen shrinkage, {label: val_metrics[metric]}); logs the candidates when several.
     """
     from cgns.models.whitening import shrinkage_label
 
-    best, tried = None, {}
+    best, tried, moments = None, {}, None
     for shrinkage in candidates:
-        model, summary, val_metrics, key = train_head(shrinkage)
+        whitening = None
+        if shrinkage is not None:
+            if moments is None:
+                moments = fit_moments()
+            whitening = moments.whitening(shrinkage)
+            log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
+        model, summary, val_metrics, key = train_head(whitening)
         tried[shrinkage_label(shrinkage)] = val_metrics.get(metric, float("nan")) if val_metrics else float("nan")
         if best is None or key > best[0]:
             best = (key, model, summary, shrinkage)

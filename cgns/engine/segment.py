@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
-from cgns.engine.features import load_frozen_encoder, sweep_whitening
+from cgns.engine.features import load_frozen_encoder, sweep_whitening, whitening_candidates
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.metrics import auroc, dice_per_image
 from cgns.models.unet import SegmentationModel, build_unet
-from cgns.models.whitening import fit_map_whitening, shrinkage_label
+from cgns.models.whitening import fit_map_moments, shrinkage_label
 
 DATASETS = ("siim", "rsna")
 FOCAL_WEIGHT = 10.0
@@ -172,10 +172,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
 
     if dataset not in DATASETS:
         raise ValueError(f"segmentation: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
-    candidates = list(whiten_shrinkage) or [None]
-    if finetune and any(c is not None for c in candidates):
-        raise ValueError("segmentation: --whiten-shrinkage needs a frozen encoder (it whitens fixed features); "
-                         "drop it or --finetune")
+    candidates = whitening_candidates(whiten_shrinkage, finetune, "segmentation")
     root = resolve_data_root(dataset, data_root)
     results, source = {}, None
     for pct in data_pcts:
@@ -197,14 +194,13 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         val_loader = _loader(split("valid", False), batch_size, False, seed, num_workers)
         test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
 
-        def train_head(shrinkage):
-            whitening = None
-            if shrinkage is not None:
-                plain = _loader(split("train", False, pct), batch_size, False, seed, num_workers)
-                encoder.to(device).eval()
-                whitening = fit_map_whitening(encoder.pyramid_channels, plain,
-                                              lambda b: encoder.feature_pyramid(b["image"].to(device)), shrinkage)
-                log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
+        def fit_moments():
+            encoder.to(device).eval()
+            return fit_map_moments(encoder.pyramid_channels,
+                                   _loader(split("train", False, pct), batch_size, False, seed, num_workers),
+                                   lambda b: encoder.feature_pyramid(b["image"].to(device)))
+
+        def train_head(whitening):
             torch.manual_seed(seed)
             decoder = build_unet(encoder, width=decoder_width, prior=foreground_prior)
             model = SegmentationModel(encoder, decoder, finetune=finetune, whitening=whitening).to(device)
@@ -212,7 +208,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                                          weight_decay=weight_decay, patience=patience, device=device, log=log)
             return model, summary, summary["val"], (summary["val"]["dice"], -summary["val"]["loss"])
 
-        model, summary, chosen, tried = sweep_whitening(candidates, train_head, "dice", log)
+        model, summary, chosen, tried = sweep_whitening(candidates, fit_moments, train_head, "dice", log)
         # the best state, evaluated the same way on both splits (with the threshold-free pixel AUROC)
         val_metrics, _ = evaluate_segmentation(model, val_loader, device, pixel_auroc=True)
         test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays, pixel_auroc=True)

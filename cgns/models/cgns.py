@@ -24,7 +24,8 @@ from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_enco
 from cgns.models.text import TextEncoder
 
 
-ATTENTION_NORMS = ("sigmoid", "softmax")   # cross-attention weights (CGNSConfig.attention_norm)
+ATTENTION_SCALES = ("sqrt_d", "learnable")  # cross-attention scores (CGNSConfig.attention_scale)
+ATTENTION_NORMS = ("sigmoid", "softmax")     # cross-attention weights (CGNSConfig.attention_norm)
 
 
 @dataclass
@@ -95,8 +96,8 @@ class CGNSConfig:
         if self.local_image_weight < 0 or self.local_text_weight < 0:
             raise ValueError(f"local_image_weight / local_text_weight must be >= 0, got {self.local_image_weight} / "
                              f"{self.local_text_weight}")
-        if self.attention_scale not in ("sqrt_d", "learnable"):
-            raise ValueError(f"attention_scale must be 'sqrt_d' or 'learnable', got {self.attention_scale!r}")
+        if self.attention_scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale must be one of {ATTENTION_SCALES}, got {self.attention_scale!r}")
         if self.attention_norm not in ATTENTION_NORMS:
             raise ValueError(f"attention_norm must be one of {ATTENTION_NORMS}, got {self.attention_norm!r}")
         if not 0 <= self.mir_drop < 1:

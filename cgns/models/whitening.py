@@ -35,6 +35,11 @@ def parse_shrinkage(value: str) -> float | None:
     return shrinkage
 
 
+def check_shrinkage(shrinkage: float) -> None:
+    if not shrinkage >= 0:
+        raise ValueError(f"whitening shrinkage must be >= 0, got {shrinkage}")
+
+
 def shrinkage_label(shrinkage: float | None) -> str:
     return "off" if shrinkage is None else f"{shrinkage:g}"
 
@@ -65,8 +70,32 @@ class MapWhitening(nn.Module):
     @torch.no_grad()
     def fit(self, batches: Iterable[Sequence[torch.Tensor]], shrinkage: float) -> "MapWhitening":
         """Fit from an iterable of map lists (each [B, C_i, H_i, W_i]); float64 sums over every position."""
-        if shrinkage < 0:
-            raise ValueError(f"whitening shrinkage must be >= 0, got {shrinkage}")
+        check_shrinkage(shrinkage)   # before the data pass
+        return self.load(MapMoments(self.channels, batches), shrinkage)
+
+    @torch.no_grad()
+    def load(self, moments: "MapMoments", shrinkage: float) -> "MapWhitening":
+        """Set mean and matrix from already accumulated moments (one pass over the data serves every shrinkage)."""
+        check_shrinkage(shrinkage)
+        if list(moments.channels) != self.channels:
+            raise ValueError(f"MapWhitening: moments of maps with {moments.channels} channels, fitted for "
+                             f"{self.channels}")
+        for i, (mean, (eigenvalues, vectors)) in enumerate(zip(moments.means, moments.eigen)):
+            top = eigenvalues.max()
+            scale = (eigenvalues.clamp_min(EIGEN_FLOOR * top) + shrinkage * eigenvalues.clamp_min(0).mean()).rsqrt()
+            getattr(self, f"mean_{i}").copy_(mean)
+            getattr(self, f"matrix_{i}").copy_((vectors * scale) @ vectors.T)
+        return self
+
+
+class MapMoments:
+    """Mean and eigen-decomposed channel covariance of each map over every position of `batches` (an iterable of
+    map lists, each [B, C_i, H_i, W_i]), summed in float64: the data pass of a whitening fit, done once and shared
+    by every shrinkage. Refuses a map with fewer than 2 positions or no variance."""
+
+    @torch.no_grad()
+    def __init__(self, channels: Sequence[int], batches: Iterable[Sequence[torch.Tensor]]):
+        self.channels = list(channels)
         count = [0] * len(self.channels)
         sums = [torch.zeros(c, dtype=torch.float64) for c in self.channels]
         outer = [torch.zeros(c, c, dtype=torch.float64) for c in self.channels]
@@ -76,23 +105,28 @@ class MapWhitening(nn.Module):
                 count[i] += x.shape[1]
                 sums[i] += x.sum(dim=1)
                 outer[i] += x @ x.T
+        self.means, self.eigen = [], []
         for i in range(len(self.channels)):
             if count[i] < 2:
                 raise ValueError(f"MapWhitening.fit: map {i} saw {count[i]} positions; need at least 2")
             mean = sums[i] / count[i]
-            covariance = outer[i] / count[i] - torch.outer(mean, mean)
-            eigenvalues, vectors = torch.linalg.eigh(covariance)
-            top = eigenvalues.max()
-            if not top > 0:
+            eigenvalues, vectors = torch.linalg.eigh(outer[i] / count[i] - torch.outer(mean, mean))
+            if not eigenvalues.max() > 0:
                 raise ValueError(f"MapWhitening.fit: map {i} is constant over the training split")
-            scale = (eigenvalues.clamp_min(EIGEN_FLOOR * top) + shrinkage * eigenvalues.clamp_min(0).mean()).rsqrt()
-            matrix = (vectors * scale) @ vectors.T
-            getattr(self, f"mean_{i}").copy_(mean)
-            getattr(self, f"matrix_{i}").copy_(matrix)
-        return self
+            self.means.append(mean)
+            self.eigen.append((eigenvalues, vectors))
+
+    def whitening(self, shrinkage: float) -> MapWhitening:
+        return MapWhitening(self.channels).load(self, shrinkage)
+
+
+def fit_map_moments(channels: Sequence[int], loader: Iterable,
+                    maps_of: Callable[[object], Sequence[torch.Tensor]]) -> MapMoments:
+    """MapMoments of maps_of(batch) for every batch of `loader` (the training split, not augmented)."""
+    return MapMoments(channels, (maps_of(batch) for batch in loader))
 
 
 def fit_map_whitening(channels: Sequence[int], loader: Iterable, maps_of: Callable[[object], Sequence[torch.Tensor]],
                       shrinkage: float) -> MapWhitening:
     """A MapWhitening fitted on maps_of(batch) for every batch of `loader` (the training split, not augmented)."""
-    return MapWhitening(channels).fit((maps_of(batch) for batch in loader), shrinkage)
+    return fit_map_moments(channels, loader, maps_of).whitening(shrinkage)
