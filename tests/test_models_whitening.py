@@ -188,11 +188,38 @@ def test_sweep_reads_the_training_maps_once_for_every_shrinkage():
         score = 0.0 if whitening is None else float(whitening.matrix_0.trace())
         return object(), {}, {"dice": score}, (score,)
 
-    _, _, chosen, tried = sweep_whitening([None, 0.0, 0.1, 1.0], fit_moments, train_head, "dice", log=lambda *a: None)
+    logs = []
+    _, _, chosen, tried, spectrum = sweep_whitening([None, 0.0, 0.1, 1.0], fit_moments, train_head, "dice",
+                                                    log=logs.append)
     assert len(passes) == 1 and seen[0] is None
+    assert spectrum == MapMoments([6], iter(data)).spectrum()          # the training maps' spectrum, logged once
+    assert sum("effective rank" in line for line in logs) == 1
     for shrinkage, matrix in zip((0.0, 0.1, 1.0), seen[1:]):
         assert torch.allclose(matrix, MapWhitening([6]).fit(iter(data), shrinkage).matrix_0)
     assert chosen == 0.0 and set(tried) == {"off", "0", "0.1", "1"}    # full whitening has the largest trace
     passes.clear()
-    sweep_whitening([None], fit_moments, train_head, "dice", log=lambda *a: None)
+    assert sweep_whitening([None], fit_moments, train_head, "dice", log=lambda *a: None)[4] is None
     assert not passes
+
+
+def test_spectrum_reports_known_eigenvalues():
+    """Channels with independent variances e = 100, 10, 1, ... : top share, e1/e_k and participation ratio as
+    computed by hand; isotropic maps give share k/C, ratio ~1 and effective rank ~C (so the measure can tell)."""
+    from cgns.models.whitening import MapMoments, describe_spectrum
+
+    g = torch.Generator().manual_seed(4)
+    variances = torch.tensor([100.0, 10.0, 1.0, 1.0, 0.5, 0.5])
+    # exact second moments: +-sqrt(e) along each axis, every sign pattern (the covariance is exactly diag(e))
+    signs = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * 6)                 # [64, 6]
+    maps = (signs * variances.sqrt()).T.reshape(1, 6, 8, 8)
+    s = MapMoments([6], iter([[maps]])).spectrum(top=2, rank=4)[0]
+    e = variances.double()
+    assert s["channels"] == 6 and s["top"] == 2 and s["rank"] == 4
+    assert s["top_share"] == pytest.approx(float(e[:2].sum() / e.sum()), rel=1e-6)
+    assert s["eigen_ratio"] == pytest.approx(100.0, rel=1e-6)
+    assert s["effective_rank"] == pytest.approx(float(e.sum() ** 2 / (e ** 2).sum()), rel=1e-6)
+    assert s["effective_rank"] < 1.3
+    iso = MapMoments([6], iter([[torch.randn(64, 6, 8, 8, generator=g)]])).spectrum(top=2, rank=4)[0]
+    assert iso["top_share"] == pytest.approx(2 / 6, abs=0.02) and iso["eigen_ratio"] < 1.1
+    assert iso["effective_rank"] > 5.9
+    assert describe_spectrum([s]).startswith("map 0 (6 ch): top-2 share 0.97, e1/e4 100, effective rank 1.3")

@@ -196,7 +196,8 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
     without augmentation encodes each image once (FeatureCache) when the maps fit in feature_cache_gb (0: never).
     whiten_shrinkage: candidate shrinkages of a fixed whitening of the encoded maps (cgns.models.whitening; None = no
     whitening), fitted on the training fraction (not augmented); each candidate trains its own head (same seed), the
-    best on validation (mAP, then loss) is tested, and every candidate's validation mAP is recorded under "whitening".
+    best on validation (mAP, then loss) is tested; "whitening" records every candidate's validation mAP and the
+    training maps' spectrum (MapMoments.spectrum: how far from isotropic they are).
     Writes <output_dir>/metrics.json (the fractions, plus "val"/"test" of the largest one) when output_dir is given.
     """
     from cgns.cli import resolve_data_root, write_metrics
@@ -260,7 +261,7 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
             val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
             return head, summary, val, _monitor_key(val) if val else (-math.inf, -math.inf)
 
-        model, summary, chosen, tried = sweep_whitening(candidates, fit_moments, train_head, "mAP", log)
+        model, summary, chosen, tried, spectrum = sweep_whitening(candidates, fit_moments, train_head, "mAP", log)
         test = evaluate(model, test_loader, conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device)
         best = summary["history"][summary["best_epoch"]] if summary["history"] else {"val": {}, "train": {}}
         results[pct_key(pct)] = {
@@ -269,7 +270,7 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
                       "first_epoch_loss": summary["history"][0]["train"].get("total") if summary["history"] else None,
                       "last_epoch_loss": summary["history"][-1]["train"].get("total") if summary["history"] else None,
                       "seconds": round(time.perf_counter() - start, 2)},
-            "whitening": {"chosen": shrinkage_label(chosen), "val_mAP": tried}}
+            "whitening": {"chosen": shrinkage_label(chosen), "val_mAP": tried, "map_spectrum": spectrum}}
         log(f"detection {dataset} {pct_key(pct)}: val mAP {best['val'].get('mAP')} test mAP {test['mAP']:.4f} "
             f"AP50 {test['AP50']:.4f} (skip-empty variant mAP {test['skip_empty/mAP']:.4f}; "
             f"best epoch {summary['best_epoch']})")

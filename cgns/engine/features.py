@@ -219,9 +219,11 @@ def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable
     fit_moments() -> cgns.models.whitening.MapMoments of the training maps: called once, on the first candidate that
     whitens, and shared by the others. train_head(whitening or None) -> (model, summary, val_metrics, key): key orders
     the heads (larger is better).
-    Returns (model, summary, chosen shrinkage, {label: val_metrics[metric]}); logs the candidates when several.
+    Returns (model, summary, chosen shrinkage, {label: val_metrics[metric]}, spectrum): spectrum is
+    MapMoments.spectrum() of the training maps (how anisotropic they are) when a candidate whitens, else None.
+    Logs the spectrum and, when several, the candidates.
     """
-    from cgns.models.whitening import shrinkage_label
+    from cgns.models.whitening import describe_spectrum, shrinkage_label
 
     best, tried, moments = None, {}, None
     for shrinkage in candidates:
@@ -229,6 +231,7 @@ def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable
         if shrinkage is not None:
             if moments is None:
                 moments = fit_moments()
+                log("  encoder maps, training split: " + describe_spectrum(moments.spectrum()).replace("\n", "; "))
             whitening = moments.whitening(shrinkage)
             log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
         model, summary, val_metrics, key = train_head(whitening)
@@ -239,4 +242,4 @@ def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable
     if len(candidates) > 1:
         log(f"  whitening: validation {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items())
             + f" -> {shrinkage_label(chosen)}")
-    return model, summary, chosen, tried
+    return model, summary, chosen, tried, None if moments is None else moments.spectrum()

@@ -164,7 +164,8 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
     foreground_prior: the decoder's initial pixel probability (0.01; 0.5 = a zero output bias, p = 0.5 everywhere).
     whiten_shrinkage: candidate shrinkages of a fixed whitening of the frozen encoder's maps (cgns.models.whitening;
       None = no whitening). Each candidate trains its own decoder (same seed); the best on validation (Dice, then
-      loss) is tested, and every candidate's validation Dice is recorded under "whitening".
+      loss) is tested; "whitening" records every candidate's validation Dice and the training maps' spectrum
+      (MapMoments.spectrum: how far from isotropic they are).
     Writes <output_dir>/metrics.json (plus top-level val/test of the largest fraction) and overlay PNGs."""
     from cgns.cli import resolve_data_root, write_metrics
     from cgns.data.datasets import build
@@ -208,7 +209,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                                          weight_decay=weight_decay, patience=patience, device=device, log=log)
             return model, summary, summary["val"], (summary["val"]["dice"], -summary["val"]["loss"])
 
-        model, summary, chosen, tried = sweep_whitening(candidates, fit_moments, train_head, "dice", log)
+        model, summary, chosen, tried, spectrum = sweep_whitening(candidates, fit_moments, train_head, "dice", log)
         # the best state, evaluated the same way on both splits (with the threshold-free pixel AUROC)
         val_metrics, _ = evaluate_segmentation(model, val_loader, device, pixel_auroc=True)
         test_metrics, examples = evaluate_segmentation(model, test_loader, device, keep=overlays, pixel_auroc=True)
@@ -218,7 +219,7 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
             "val": val_metrics, "test": test_metrics,
             "train": {"num_images": len(train_loader.dataset), "best_epoch": summary["best_epoch"],
                       "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)},
-            "whitening": {"chosen": shrinkage_label(chosen), "val_dice": tried}}
+            "whitening": {"chosen": shrinkage_label(chosen), "val_dice": tried, "map_spectrum": spectrum}}
         log(f"segmentation {dataset} {pct_key(pct)}: val dice {summary['val']['dice']:.4f} "
             f"test dice {test_metrics['dice']:.4f} (best epoch {summary['best_epoch']})")
     if output_dir is not None:

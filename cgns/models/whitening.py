@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 EIGEN_FLOOR = 1e-4   # relative to the largest eigenvalue
+SPECTRUM_TOP, SPECTRUM_RANK = 5, 20   # what MapMoments.spectrum reports
 
 
 def parse_shrinkage(value: str) -> float | None:
@@ -118,6 +119,30 @@ class MapMoments:
 
     def whitening(self, shrinkage: float) -> MapWhitening:
         return MapWhitening(self.channels).load(self, shrinkage)
+
+    def spectrum(self, top: int = SPECTRUM_TOP, rank: int = SPECTRUM_RANK) -> list[dict]:
+        """How far each map is from isotropic, one dict per map (eigenvalues e of its channel covariance, largest
+        first, negatives from rounding clipped to 0):
+          channels; top_share = sum of the `top` largest e / sum e (isotropic: top / channels);
+          eigen_ratio = e_1 / e_rank (isotropic: 1; `rank` = min(rank, channels));
+          effective_rank = (sum e)^2 / sum e^2 (the participation ratio: channels when isotropic, 1 for one
+          direction). A frozen encoder whose maps sit in a few directions trains a dense head slowly (see above)."""
+        out = []
+        for channels, (eigenvalues, _) in zip(self.channels, self.eigen):
+            e = eigenvalues.clamp_min(0).flip(0)
+            k = min(rank, channels)
+            out.append({"channels": channels,
+                        "top": min(top, channels), "top_share": float(e[:top].sum() / e.sum()),
+                        "rank": k, "eigen_ratio": float(e[0] / e[k - 1]) if e[k - 1] > 0 else float("inf"),
+                        "effective_rank": float(e.sum() ** 2 / (e ** 2).sum())})
+        return out
+
+
+def describe_spectrum(spectrum: Sequence[dict]) -> str:
+    """One line per map: 'map i (C ch): top-5 share 0.93, e1/e20 1000, effective rank 2.1'."""
+    return "\n".join(f"map {i} ({s['channels']} ch): top-{s['top']} share {s['top_share']:.2f}, "
+                     f"e1/e{s['rank']} {s['eigen_ratio']:.3g}, effective rank {s['effective_rank']:.1f}"
+                     for i, s in enumerate(spectrum))
 
 
 def fit_map_moments(channels: Sequence[int], loader: Iterable,
