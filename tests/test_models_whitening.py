@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from cgns.models.whitening import MapWhitening, fit_map_whitening, parse_shrinkage, shrinkage_label
+from cgns.models.whitening import MapWhitening, fit_map_moments, parse_shrinkage, shrinkage_label
 
 
 def correlated_maps(generator, batches=6, batch=4, channels=(8, 5), size=(6, 5)):
@@ -45,7 +45,7 @@ def test_shrinkage_lifts_small_directions_only_partly():
     g = torch.Generator().manual_seed(1)
     data = correlated_maps(g, channels=(6,))
     shrinkage = 0.5
-    whitening = fit_map_whitening([6], iter(data), lambda maps: maps, shrinkage)
+    whitening = fit_map_moments([6], iter(data), lambda maps: maps).whitening(shrinkage)
     raw = torch.cov(pooled(data, 0).T, correction=0)
     e = torch.linalg.eigvalsh(raw)
     expected = torch.sort(e / (e + shrinkage * e.mean())).values

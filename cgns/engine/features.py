@@ -225,13 +225,14 @@ def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable
     """
     from cgns.models.whitening import describe_spectrum, shrinkage_label
 
-    best, tried, moments = None, {}, None
+    best, tried, moments, spectrum = None, {}, None, None
     for shrinkage in candidates:
         whitening = None
         if shrinkage is not None:
             if moments is None:
                 moments = fit_moments()
-                log("  encoder maps, training split: " + describe_spectrum(moments.spectrum()).replace("\n", "; "))
+                spectrum = moments.spectrum()
+                log("  encoder maps, training split: " + describe_spectrum(spectrum).replace("\n", "; "))
             whitening = moments.whitening(shrinkage)
             log(f"  whitening shrinkage {shrinkage_label(shrinkage)}")
         model, summary, val_metrics, key = train_head(whitening)
@@ -242,4 +243,4 @@ def sweep_whitening(candidates: Sequence[Optional[float]], fit_moments: Callable
     if len(candidates) > 1:
         log(f"  whitening: validation {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in tried.items())
             + f" -> {shrinkage_label(chosen)}")
-    return model, summary, chosen, tried, None if moments is None else moments.spectrum()
+    return model, summary, chosen, tried, spectrum

@@ -149,9 +149,3 @@ def fit_map_moments(channels: Sequence[int], loader: Iterable,
                     maps_of: Callable[[object], Sequence[torch.Tensor]]) -> MapMoments:
     """MapMoments of maps_of(batch) for every batch of `loader` (the training split, not augmented)."""
     return MapMoments(channels, (maps_of(batch) for batch in loader))
-
-
-def fit_map_whitening(channels: Sequence[int], loader: Iterable, maps_of: Callable[[object], Sequence[torch.Tensor]],
-                      shrinkage: float) -> MapWhitening:
-    """A MapWhitening fitted on maps_of(batch) for every batch of `loader` (the training split, not augmented)."""
-    return fit_map_moments(channels, loader, maps_of).whitening(shrinkage)
