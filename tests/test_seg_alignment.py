@@ -1,8 +1,9 @@
 """Masks stay aligned with their images through the whole SIIM path: RLE decode -> cache -> resize -> warp.
 
 The generator draws the pneumothorax as air without lung markings (darker than the collapsed lung and chest wall
-around it), so an aligned mask sits on the darkest rim: the contrast ring-minus-inside of the returned mask, averaged
-over augmented draws, must peak at zero shift and drop when the mask is moved sideways by 2+ pixels.
+around it), so an aligned mask sits on the darkest rim: averaged over augmented draws, the image under the returned
+mask must be darkest at zero shift and clearly brighter when the mask is moved sideways by 2+ pixels (the rim is
+narrow sideways; along the chest wall a 1-pixel shift barely changes what it covers), and darker than a ring around it.
 """
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_warped_mask_still_covers_the_drawn_pneumothorax(siim):
     torch.manual_seed(0)
     shifts = range(-3, 4)
     contrast = np.zeros((len(shifts), len(shifts)))
+    darkness = np.zeros((len(shifts), len(shifts)))  # mean image value under the shifted mask
     samples = warped = 0
     for _ in range(4):  # several augmentation draws per image
         for i in range(len(augmented)):
@@ -63,11 +65,14 @@ def test_warped_mask_still_covers_the_drawn_pneumothorax(siim):
             samples += 1
             for a, dy in enumerate(shifts):
                 for b, dx in enumerate(shifts):
-                    contrast[a, b] += _contrast(image, torch.roll(mask, (dy, dx), dims=(0, 1)))
+                    shifted = torch.roll(mask, (dy, dx), dims=(0, 1))
+                    contrast[a, b] += _contrast(image, shifted)
+                    darkness[a, b] += float(image[shifted > 0].mean())
     contrast /= samples
+    darkness /= samples
     assert samples >= 10 and warped >= 5  # the warps really happened on positives
-    centre = contrast[3, 3]
-    assert centre > 0.2  # the drawn air is clearly darker than its surroundings under the mask
-    assert centre >= contrast.max() - 0.01  # best alignment at zero shift
-    sideways = np.concatenate([contrast[:, :2].ravel(), contrast[:, 5:].ravel()])
-    assert centre - sideways.max() > 0.05  # and a 2-pixel misalignment is visible
+    assert contrast[3, 3] > 0.2  # the drawn air is clearly darker than its surroundings under the mask
+    centre = darkness[3, 3]
+    assert centre <= darkness.min() + 0.005  # the darkest pixels at zero shift
+    sideways = np.concatenate([darkness[:, :2].ravel(), darkness[:, 5:].ravel()])
+    assert sideways.min() - centre > 0.05  # and a 2-pixel misalignment is visible

@@ -87,3 +87,29 @@ def test_map_contrast_tells_flat_from_peaked_maps():
     assert result["peak_over_mean"] == pytest.approx(1.7 / 0.2) and result["range_over_mean"] == pytest.approx(8.0)
     assert result["sentence_difference"] == pytest.approx((2 * 0.8) / 16 / 0.2)
     assert math.isnan(map_contrast([])["peak_over_mean"])
+
+
+def test_best_fixed_patch_finds_where_boxes_cluster():
+    """Boxes that all hold patch (row 5, col 9) but only one holds patch (0, 0): the image-blind oracle picks
+    (5, 9) and scores 1, far above chance; the position prior (the mean of the maps) scores its own peak."""
+    from cgns.viz.localisation import best_fixed_patch_hit_rate, position_prior_hit_rate
+
+    generator = torch.Generator().manual_seed(2)
+    centre = (9 * 16 + 8, 5 * 16 + 8)  # pixel centre of patch (row 5, col 9)
+    boxes = []
+    for _ in range(50):
+        left, up, right, down = (torch.randint(1, 40, (4,), generator=generator)).tolist()
+        boxes.append((centre[0] - left, centre[1] - up, centre[0] + right, centre[1] + down))
+    boxes.append((0, 0, 16, 16))  # only this one holds patch (0, 0)
+    maps = [torch.rand(GRID, GRID, generator=generator) for _ in boxes]
+    samples = [(m, b, IMAGE, "x") for m, b in zip(maps, boxes)]
+    rate, patch = best_fixed_patch_hit_rate(samples)
+    assert patch == (5, 9) and rate == pytest.approx(50 / 51)
+    assert rate > 3 * localisation_score(samples)["chance_rate"]
+    # every map peaking at (0, 0) makes the prior peak there too: it hits only the last box
+    corner = [(torch.zeros(GRID, GRID).index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(1.0)), b,
+               IMAGE, "x") for b in boxes]
+    assert position_prior_hit_rate(corner) == pytest.approx(1 / 51)
+    assert position_prior_hit_rate(samples) == localisation_score(
+        (torch.stack(maps).mean(0), b, IMAGE, "x") for b in boxes)["hit_rate"]
+    assert math.isnan(best_fixed_patch_hit_rate([])[0]) and math.isnan(position_prior_hit_rate([]))

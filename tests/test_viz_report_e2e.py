@@ -63,6 +63,8 @@ def test_localisation_over_the_validation_set(tiny_run):
     assert result["n_sentences"] > 0
     assert 0.0 <= result["hit_rate"] <= 1.0 and 0.0 < result["chance_rate"] < 1.0
     assert 0.0 <= result["sentence_agnostic_hit_rate"] <= 1.0 and 0.0 <= result["peak_on_image_rate"] <= 1.0
+    # the oracle patch is the best image-blind map, so it scores at least the model's own mean map
+    assert result["best_fixed_patch_hit_rate"] >= result["position_prior_hit_rate"] >= 0.0
 
 
 def test_reconstruction_masks_are_the_ones_used(tiny_run):

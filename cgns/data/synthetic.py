@@ -44,7 +44,7 @@ import numpy as np
 from cgns.data.synthetic_writers import WRITERS
 
 DATASETS = ("mimic_cxr", "chexpert", "rsna", "covidx", "siim", "object_cxr")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: fainter pneumothorax and consolidation
 
 # What each count counts (presets and --n-<key> flags).
 COUNT_UNITS = {"mimic_cxr": "studies (1-3 images each)", "chexpert": "train.csv rows",

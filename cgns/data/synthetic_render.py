@@ -138,11 +138,13 @@ def _consolidation(frame: _Frame, lungs: dict[str, _Lung], f: Finding, rng: np.r
     x0, y0 = lung.point(ZONE_T[f.zone] + rng.uniform(-0.06, 0.06), rng.uniform(-0.2, 0.45))
     sigma = 0.03 + 0.035 * f.severity
     centres = [(x0 + rng.normal(0, sigma * 0.6), y0 + rng.normal(0, sigma * 0.6)) for _ in range(4)]
-    blob = np.clip(1.6 * _blobs(frame, rng, centres, sigma), 0, 1) * (0.5 + 0.45 * f.severity)
+    shape = np.clip(1.6 * _blobs(frame, rng, centres, sigma), 0, 1)
     if f.zone == "upper":
-        blob = blob * _soft(y0 + 0.06 - frame.Y, 0.01)
-    blob = blob * lung.soft
-    return blob, _bbox(blob > 0.25)
+        shape = shape * _soft(y0 + 0.06 - frame.Y, 0.01)
+    shape = shape * lung.soft
+    # the region is where a blob of density 0.5 + 0.45 severity would exceed 0.25 (generator version 1 drew it
+    # that dense); version 2 draws the same shape at half that density, closer to a real airspace opacity
+    return shape * (0.25 + 0.225 * f.severity), _bbox(shape * (0.5 + 0.45 * f.severity) > 0.25)
 
 
 def _nodule(frame: _Frame, lungs: dict[str, _Lung], f: Finding, rng: np.random.Generator):
@@ -228,9 +230,9 @@ def _lung_opacities(frame: _Frame, lungs: dict[str, _Lung], case: Case, rng: np.
         if f.kind == "pneumothorax":
             lung = lungs[f.side]
             region, pleural_line = _pneumothorax(lung, frame, f)
-            # the collapsed lung is a little denser; its edge is a thin white line
-            opacity = np.where(lung.hard & ~region, np.maximum(opacity, 0.1 + 0.1 * f.severity), opacity)
-            opacity = np.where(pleural_line, np.maximum(opacity, 0.7), opacity)
+            # the collapsed lung is a little denser; its edge is a thin, faint white line
+            opacity = np.where(lung.hard & ~region, np.maximum(opacity, 0.06 + 0.06 * f.severity), opacity)
+            opacity = np.where(pleural_line, np.maximum(opacity, 0.5), opacity)
             opacity = np.where(region, -1.0, opacity)
             ptx_mask = region if ptx_mask is None else (ptx_mask | region)
             boxes[i] = _bbox(region)
@@ -428,9 +430,10 @@ def render(case: Case, height: int, width: int, rng: np.random.Generator) -> Ren
             boxes[i] = _union([boxes.get(i), _bbox(unlifted.hard & ~lungs[f.side].hard)])
         elif f.kind == "cardiomegaly":
             boxes[i] = _bbox((heart > 0.5) & (Y < heart_base))
-    # pneumothorax pixels (opacity < 0) hold free air: fully dark, no lung markings
-    # (no tissue at all: more lucent than aerated lung)
-    air = np.where(opacity < 0, 1.2 * lung_soft * (1 - 0.9 * heart), air * (1 - np.clip(opacity, 0, 1)))
+    # pneumothorax pixels (opacity < 0) hold free air: no tissue, so more lucent than aerated lung and without
+    # its markings; drawn 60% of the way from the lung's own air to fully lucent, as subtle as a real one
+    lucent = 1.2 * lung_soft * (1 - 0.9 * heart)
+    air = np.where(opacity < 0, air + 0.6 * (lucent - air), air * (1 - np.clip(opacity, 0, 1)))
     # below the domes: the liver (right, dense) and the gastric air bubble under the left dome
     liver = _soft(Y - lungs["right"].dome, 0.02) * (X < 0.05) * body
     bubble = _soft(0.03 - np.sqrt(((X - 0.21) / 1.4) ** 2 + (Y - heart_base - 0.06) ** 2), 0.01)

@@ -19,16 +19,21 @@ def peak_in_box(attention: torch.Tensor, box, image_size: tuple[int, int] | int)
     """
     if attention.dim() != 2:
         raise ValueError(f"attention must be a [h, w] map over the patch grid, got shape {tuple(attention.shape)}")
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    grid_h, grid_w = attention.shape
     attention = attention.detach().float()
     # ties: every patch within float tolerance of the maximum counts as a peak
     peaks = attention >= attention.max() - 1e-6 * attention.abs().max().clamp_min(1e-12)
+    inside = patches_in_box(attention.shape, box, image_size)
+    return float((peaks & inside).sum()) / float(peaks.sum())
+
+
+def patches_in_box(grid: tuple[int, int], box, image_size: tuple[int, int] | int) -> torch.Tensor:
+    """bool [h, w]: which patches of an h x w grid over the image have their centre inside `box` (pixels)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    grid_h, grid_w = grid
     centre_y = (torch.arange(grid_h, dtype=torch.float32) + 0.5) * (height / grid_h)  # [h] pixels
     centre_x = (torch.arange(grid_w, dtype=torch.float32) + 0.5) * (width / grid_w)  # [w] pixels
     x1, y1, x2, y2 = (float(v) for v in box)
-    inside = ((centre_y >= y1) & (centre_y < y2))[:, None] & ((centre_x >= x1) & (centre_x < x2))[None, :]
-    return float((peaks & inside).sum()) / float(peaks.sum())
+    return ((centre_y >= y1) & (centre_y < y2))[:, None] & ((centre_x >= x1) & (centre_x < x2))[None, :]
 
 
 def box_area_fraction(box, image_size: tuple[int, int] | int) -> float:
@@ -67,6 +72,36 @@ def localisation_score(samples: Iterable[tuple[torch.Tensor, tuple, tuple[int, i
     return result
 
 
+def position_prior_hit_rate(samples) -> float:
+    """localisation_score's hit rate when every sentence gets the SAME map: the mean of all the samples' maps
+    (which must share one patch grid). It scores a fixed position prior, e.g. "the lower middle of the chest",
+    where many findings lie; a model that beats chance but not this has learnt where findings tend to be, not
+    where this one is. samples: as for localisation_score."""
+    samples = list(samples)
+    if not samples:
+        return float("nan")
+    prior = torch.stack([attention.detach().float() for attention, _, _, _ in samples]).mean(dim=0)  # [h, w]
+    return localisation_score((prior, box, size, finding) for _, box, size, finding in samples)["hit_rate"]
+
+
+def best_fixed_patch_hit_rate(samples) -> tuple[float, tuple[int, int] | None]:
+    """The highest hit rate any image-blind map can reach: every sentence's map peaks on the same single patch,
+    that patch chosen WITH the truth (an oracle). Returns (hit rate, (row, col) of that patch).
+
+    Findings cluster (the heart, the bases), and on a coarse grid one well-placed patch lies inside many of their
+    regions, so this can be far above chance; a map that grounds findings should beat it, not only chance.
+    samples: as for localisation_score, on one shared patch grid."""
+    samples = list(samples)
+    if not samples:
+        return float("nan"), None
+    grid = tuple(samples[0][0].shape)
+    hits = torch.zeros(grid)
+    for _, box, image_size, _ in samples:
+        hits += patches_in_box(grid, box, image_size)
+    best = int(hits.flatten().argmax())
+    return float(hits.flatten()[best]) / len(samples), divmod(best, grid[1])
+
+
 def map_contrast(maps_per_image) -> dict:
     """How peaked the attention maps are, and how much they depend on the sentence.
 
@@ -102,7 +137,9 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     ground_truth.json). checkpoint: with a run directory, which checkpoint (default final.pt, else latest.pt, ...).
     outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
     Returns localisation_score(...) plus n_images, sentence_agnostic_hit_rate (the same measure on the mean
-    map of the image's sentences), peak_on_image_rate (peaks on the X-ray rather than on its zero padding) and
+    map of the image's sentences), position_prior_hit_rate (on one map for every sentence: the mean of all the
+    scored sentences' maps, i.e. where the model looks whatever the image), best_fixed_patch_hit_rate and
+    best_fixed_patch (the best any image-blind map can do: one patch, chosen with the truth), peak_on_image_rate (peaks on the X-ray rather than on its zero padding) and
     "contrast" (map_contrast over every sentence's map: are the maps peaked at all?); raises ValueError on data
     without ground truth.
     """
@@ -144,6 +181,8 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
                 on_image.append(peak_in_box(maps[sentence], content, image_size))
     result = localisation_score(samples)
     result["sentence_agnostic_hit_rate"] = localisation_score(agnostic)["hit_rate"]
+    result["position_prior_hit_rate"] = position_prior_hit_rate(samples)
+    result["best_fixed_patch_hit_rate"], result["best_fixed_patch"] = best_fixed_patch_hit_rate(samples)
     # diagnostic: a map that peaks on the padding never localises anything
     result["peak_on_image_rate"] = sum(on_image) / len(on_image) if on_image else float("nan")
     result["n_images"] = len(outputs.indices)

@@ -78,23 +78,31 @@ def localisation_section(loaded, outputs, out_dir: Path) -> Section:
     (out_dir / "localisation.json").write_text(json.dumps(result, indent=2))
     section.items.append(f"Peak inside the region for {result['hit_rate']:.1%} of {result['n_sentences']} "
                          f"sentences ({result['n_images']} images), against {result['chance_rate']:.1%} by chance "
-                         f"(lift x{result['lift']:.2f}). Sentence-agnostic baseline (the mean map of the "
-                         f"image's sentences): {result['sentence_agnostic_hit_rate']:.1%}. Peaks on the X-ray "
-                         f"itself rather than on its zero padding: {result['peak_on_image_rate']:.1%}.")
+                         f"(lift x{result['lift']:.2f}). Baselines: the mean map of the image's sentences "
+                         f"(whatever the sentence says) {result['sentence_agnostic_hit_rate']:.1%}; the model's "
+                         f"mean map over all sentences (whatever the image) {result['position_prior_hit_rate']:.1%}; "
+                         f"the best single patch for every sentence, chosen with the truth (the most any "
+                         f"image-blind map can score; patch {tuple(result['best_fixed_patch'] or ())} of the grid) "
+                         f"{result['best_fixed_patch_hit_rate']:.1%}. Grounding means beating all three, not only "
+                         f"chance. Peaks on the X-ray itself rather than on its zero padding: "
+                         f"{result['peak_on_image_rate']:.1%}.")
     contrast = result["contrast"]
     flat = contrast["peak_over_mean"] < FLAT_PEAK_OVER_MEAN
     section.items.append(f"{'Warning: the maps are nearly flat. ' if flat else ''}Median map peak / mean "
                          f"{contrast['peak_over_mean']:.2f}, (max - min) / mean {contrast['range_over_mean']:.2f}; "
                          f"maps of one image's sentences differ by {contrast['sentence_difference']:.1%} of the "
-                         f"mean weight." + (" A flat map's peak is noise, and each panel above stretches its "
-                                            "colours to its own range: read the weights in the titles." if flat
-                                            else ""))
+                         f"mean weight." + (" A flat map's peak rests on tiny differences, and each panel above "
+                                            "stretches its colours to its own range: read the weights in the "
+                                            "titles, and trust a peak only as far as the rate above beats chance "
+                                            "and the sentence-agnostic baseline." if flat else ""))
     rows = [[finding, entry["n_sentences"], entry["hit_rate"], entry["chance_rate"]]
             for finding, entry in result["per_finding"].items()]
     section.items.append(Table(["finding", "sentences", "peak in region", "chance"], rows))
     print(f"attention localisation: {result['hit_rate']:.3f} peak-in-region over {result['n_sentences']} "
-          f"sentences vs chance {result['chance_rate']:.3f}; median map peak / mean {contrast['peak_over_mean']:.2f}"
-          + (" (nearly flat maps: the peak is noise)" if flat else ""), file=sys.stderr)
+          f"sentences vs chance {result['chance_rate']:.3f}, the image's mean map "
+          f"{result['sentence_agnostic_hit_rate']:.3f}, the best fixed patch {result['best_fixed_patch_hit_rate']:.3f}"
+          f"; median map peak / mean {contrast['peak_over_mean']:.3f}"
+          + (" (nearly flat maps)" if flat else ""), file=sys.stderr)
     return section
 
 
