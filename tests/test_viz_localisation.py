@@ -90,8 +90,8 @@ def test_map_contrast_tells_flat_from_peaked_maps():
 
 
 def test_best_fixed_patch_finds_where_boxes_cluster():
-    """Boxes that all hold patch (row 5, col 9) but only one holds patch (0, 0): the image-blind oracle picks
-    (5, 9) and scores 1, far above chance; the position prior (the mean of the maps) scores its own peak."""
+    """50 boxes hold patch (row 5, col 9) and one more holds only patch (0, 0): the image-blind oracle picks
+    (5, 9) and scores 50 / 51, far above chance; the position prior (the mean of the maps) scores its own peak."""
     from cgns.viz.localisation import best_fixed_patch_hit_rate, position_prior_hit_rate
 
     generator = torch.Generator().manual_seed(2)

@@ -94,7 +94,7 @@ def localisation_section(loaded, outputs, out_dir: Path) -> Section:
                          f"mean weight." + (" A flat map's peak rests on tiny differences, and each panel above "
                                             "stretches its colours to its own range: read the weights in the "
                                             "titles, and trust a peak only as far as the rate above beats chance "
-                                            "and the sentence-agnostic baseline." if flat else ""))
+                                            "and the three baselines." if flat else ""))
     rows = [[finding, entry["n_sentences"], entry["hit_rate"], entry["chance_rate"]]
             for finding, entry in result["per_finding"].items()]
     section.items.append(Table(["finding", "sentences", "peak in region", "chance"], rows))
