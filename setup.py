@@ -2,8 +2,11 @@
 
     python setup.py build_ext --inplace     # builds cgns/_C*.so next to the sources
 
-The C++ kernels (csrc/) are always built, with OpenMP; the CUDA kernels are added when torch is a CUDA build and
-nvcc is found (CUDA_HOME or PATH). Environment switches:
+The C++ kernels (csrc/) are always built, with OpenMP; the CUDA kernels are added when torch is a CUDA build, nvcc
+is found (CUDA_HOME or PATH) and there is a GPU to build for: one visible, or TORCH_CUDA_ARCH_LIST set (to build
+on a machine without one, e.g. TORCH_CUDA_ARCH_LIST="8.0;9.0"). A CUDA build of torch on a machine without a GPU
+(what pip installs for `torch>=2.3` on a fresh machine) therefore builds the CPU kernels, and says so.
+Environment switches:
   CGNS_NO_CUDA=1   build the CPU kernels only, even when CUDA is available
   CGNS_NATIVE=1    compile with -march=native (faster on this machine, the .so may not run on other CPUs)
   TORCH_CUDA_ARCH_LIST, MAX_JOBS   as usual for torch extensions
@@ -21,8 +24,40 @@ def _flag(name):
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
 
 
+def _guess_cuda_home():
+    """Sets CUDA_HOME when only nvcc on PATH could tell it, and that guess lacks the runtime library.
+
+    torch takes the folder above nvcc's bin/ (/usr/local for /usr/local/bin/nvcc, a common link) and then fails to
+    find libcudart; the toolkit's usual home /usr/local/cuda is tried instead.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    import shutil
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = Path(nvcc).resolve().parent.parent
+    if not any((guess / lib).exists() for lib in ("lib64/libcudart.so", "lib/libcudart.so")):
+        for home in (Path("/usr/local/cuda"),):
+            if (home / "lib64" / "libcudart.so").exists():
+                os.environ["CUDA_HOME"] = str(home)
+                return
+
+
+def _cuda_wanted(torch):
+    """True when the CUDA kernels should be built: a CUDA torch, not switched off, and a GPU to build for."""
+    if torch.version.cuda is None or _flag("CGNS_NO_CUDA"):
+        return False
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.is_available():
+        return True
+    print("cgns setup: torch is a CUDA build but no GPU is visible and TORCH_CUDA_ARCH_LIST is unset: building the "
+          "CPU kernels only (set TORCH_CUDA_ARCH_LIST, e.g. \"8.0;9.0\", to build the CUDA kernels here)")
+    return False
+
+
 def kernel_extensions():
     import torch
+    _guess_cuda_home()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
@@ -32,7 +67,7 @@ def kernel_extensions():
     # any x86-64; the GEMM inside kmeans_assign is torch's BLAS, which picks its own ISA at run time.
     cxx = ["-O3", "-fopenmp"] + (["-march=native"] if _flag("CGNS_NATIVE") else [])
     link = ["-fopenmp"]
-    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and not _flag("CGNS_NO_CUDA")
+    with_cuda = _cuda_wanted(torch) and CUDA_HOME is not None
     if with_cuda:
         return [CUDAExtension("cgns._C", cpp_sources + cu_sources, include_dirs=[str(ROOT / "csrc")],
                               define_macros=[("WITH_CUDA", None)],
