@@ -18,6 +18,19 @@ from cgns.cli import (add_common_args, add_encoder_source_args, add_whitening_ar
 from cgns.engine.segment import DATASETS, paper_row, run_segmentation
 
 
+def _prior(text: str):
+    """--foreground-prior: 'auto' or a probability in (0, 1)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a probability in (0, 1), got '{text}'") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {value}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("U-Net segmentation on an image encoder", add_help=True)
     add_common_args(parser, epochs=20, batch_size=16)
@@ -28,9 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val Dice gain")
     parser.add_argument("--decoder-width", default="base", choices=("base", "small"))
-    parser.add_argument("--foreground-prior", type=float, default=0.01,
+    parser.add_argument("--foreground-prior", type=_prior, default=0.01,
                         help="initial foreground probability of the decoder's output (RetinaNet-style bias; "
-                             "0.5 = the former zero bias)")
+                             "0.5 = the former zero bias), or 'auto': the training masks' foreground share, "
+                             "clamped to [0.01, 0.5] (for large structures such as lungs)")
     add_whitening_args(parser)
     parser.add_argument("--overlays", type=int, default=4, help="test overlays to write per fraction (0: none)")
     return parser

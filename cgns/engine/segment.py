@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from cgns.models.whitening import fit_map_moments, shrinkage_label
 
 DATASETS = ("siim", "rsna")
 FOCAL_WEIGHT = 10.0
+AUTO_PRIOR_RANGE = (0.01, 0.5)     # --foreground-prior auto: the training masks' share, clamped to this range
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -52,6 +53,30 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> dict:
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=default_collate, generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+@torch.no_grad()
+def foreground_share(loader: DataLoader) -> float:
+    """The share of mask pixels that are foreground over every image of `loader` (batches with "mask" [B, 1, H, W])."""
+    positive, total = 0.0, 0
+    for batch in loader:
+        positive += float(batch["mask"].sum())
+        total += batch["mask"].numel()
+    if total == 0:
+        raise ValueError("foreground_share: the loader yielded no mask pixels")
+    return positive / total
+
+
+def resolve_foreground_prior(prior, train_loader: Callable[[], DataLoader], log=print) -> float:
+    """A number passes through; "auto" -> the training split's foreground share (over train_loader(), read only
+    then), clamped to AUTO_PRIOR_RANGE."""
+    if prior != "auto":
+        return float(prior)
+    share = foreground_share(train_loader())
+    low, high = AUTO_PRIOR_RANGE
+    resolved = min(max(share, low), high)
+    log(f"  foreground prior auto: training masks are {100 * share:.2f}% foreground -> prior {resolved:.4f}")
+    return resolved
 
 
 @torch.no_grad()
@@ -115,23 +140,35 @@ def write_overlays(examples: list, out_dir: Path, prefix: str) -> list[Path]:
 
 
 def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, epochs: int, lr: float,
-                       weight_decay: float, patience: int, device: str = "cpu", log=print) -> dict:
-    """AdamW + cosine over `epochs`; keeps the best state on val Dice. Returns {best_epoch, epochs_run, val}."""
+                       weight_decay: float, patience: int, device: str = "cpu", prior: Optional[float] = None,
+                       log=print) -> dict:
+    """AdamW + cosine over `epochs`; keeps the best state on val Dice. Returns {best_epoch, epochs_run, val}.
+    prior: the decoder's starting foreground probability; after the first epoch a warning is logged when the
+    training masks hold far more foreground than that (large structures such as lungs start almost unlearnable)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(train_loader))
     step, best, best_key, bad_epochs, epoch = 0, None, None, 0, -1
+    seen_foreground, seen_pixels = 0.0, 0
     for epoch in range(epochs):
         model.train()
         start = time.perf_counter()
         for batch in train_loader:
             set_lr(optimizer, lr_at(step, base_lr=lr, warmup_steps=0, total_steps=total_steps))
+            masks = batch["mask"].to(device)
             logits = model(batch["image"].to(device))
-            losses = segmentation_loss(logits, batch["mask"].to(device))
+            losses = segmentation_loss(logits, masks)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
             step += 1
+            if epoch == 0:
+                seen_foreground, seen_pixels = seen_foreground + float(masks.sum()), seen_pixels + masks.numel()
+        if epoch == 0 and prior is not None and seen_pixels:
+            share = seen_foreground / seen_pixels
+            if share > 0.05 and share > 10 * prior:
+                log(f"  warning: the training masks are {100 * share:.1f}% foreground but the decoder started at a "
+                    f"{100 * prior:g}% prior; if validation Dice stays at 0, use --foreground-prior auto")
         val_metrics, _ = evaluate_segmentation(model, val_loader, device)
         key = (val_metrics["dice"], -val_metrics["loss"])
         if best_key is None or key > best_key:
@@ -156,12 +193,14 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                      resize_checkpoint: bool = False,
                      finetune: bool = False, data_pcts: Sequence[float] = (1.0,), seed: int = 42,
                      epochs: int = 20, batch_size: int = 16, lr: float = 5e-4, weight_decay: float = 1e-6,
-                     patience: int = 5, decoder_width: str = "base", foreground_prior: float = 0.01,
+                     patience: int = 5, decoder_width: str = "base", foreground_prior: float | str = 0.01,
                      whiten_shrinkage: Sequence[Optional[float]] = (None,), device: str = "cpu",
                      output_dir: Optional[os.PathLike] = None, overlays: int = 4, num_workers: int = 0,
                      log=print) -> dict:
     """Train + evaluate for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
-    foreground_prior: the decoder's initial pixel probability (0.01; 0.5 = a zero output bias, p = 0.5 everywhere).
+    foreground_prior: the decoder's initial pixel probability (0.01; 0.5 = a zero output bias, p = 0.5 everywhere),
+      or "auto": the training split's foreground share (per fraction), clamped to AUTO_PRIOR_RANGE. Recorded as the
+      number used, per fraction, under "train".
     whiten_shrinkage: candidate shrinkages of a fixed whitening of the frozen encoder's maps (cgns.models.whitening;
       None = no whitening). Each candidate trains its own decoder (same seed); the best on validation (Dice, then
       loss) is tested; "whitening" records every candidate's validation Dice and the training maps' spectrum
@@ -192,6 +231,8 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
                          seed=seed, augment=augment)
 
         train_loader = _loader(split("train", True, pct), batch_size, True, seed, num_workers)
+        prior = resolve_foreground_prior(
+            foreground_prior, lambda: _loader(split("train", False, pct), batch_size, False, seed, num_workers), log)
         val_loader = _loader(split("valid", False), batch_size, False, seed, num_workers)
         test_loader = _loader(split("test", False), batch_size, False, seed, num_workers)
 
@@ -203,10 +244,11 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
 
         def train_head(whitening):
             torch.manual_seed(seed)
-            decoder = build_unet(encoder, width=decoder_width, prior=foreground_prior)
+            decoder = build_unet(encoder, width=decoder_width, prior=prior)
             model = SegmentationModel(encoder, decoder, finetune=finetune, whitening=whitening).to(device)
             summary = train_segmentation(model, train_loader, val_loader, epochs=epochs, lr=lr,
-                                         weight_decay=weight_decay, patience=patience, device=device, log=log)
+                                         weight_decay=weight_decay, patience=patience, device=device,
+                                         prior=prior, log=log)
             return model, summary, summary["val"], (summary["val"]["dice"], -summary["val"]["loss"])
 
         model, summary, chosen, tried, spectrum = sweep_whitening(candidates, fit_moments, train_head, "dice", log)
@@ -218,7 +260,8 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
         results[pct_key(pct)] = {
             "val": val_metrics, "test": test_metrics,
             "train": {"num_images": len(train_loader.dataset), "best_epoch": summary["best_epoch"],
-                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)},
+                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2),
+                      "foreground_prior": prior},
             "whitening": {"chosen": shrinkage_label(chosen), "val_dice": tried, "map_spectrum": spectrum}}
         log(f"segmentation {dataset} {pct_key(pct)}: val dice {summary['val']['dice']:.4f} "
             f"test dice {test_metrics['dice']:.4f} (best epoch {summary['best_epoch']})")
