@@ -36,12 +36,10 @@ def _guess_cuda_home():
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return
-    guess = Path(nvcc).resolve().parent.parent
-    if not any((guess / lib).exists() for lib in ("lib64/libcudart.so", "lib/libcudart.so")):
-        for home in (Path("/usr/local/cuda"),):
-            if (home / "lib64" / "libcudart.so").exists():
-                os.environ["CUDA_HOME"] = str(home)
-                return
+    guess, usual = Path(nvcc).resolve().parent.parent, Path("/usr/local/cuda")
+    has_runtime = any((guess / lib).exists() for lib in ("lib64/libcudart.so", "lib/libcudart.so"))
+    if not has_runtime and (usual / "lib64" / "libcudart.so").exists():
+        os.environ["CUDA_HOME"] = str(usual)
 
 
 def _cuda_wanted(torch):
