@@ -35,7 +35,7 @@ def test_cuda_torch_without_gpu_builds_cpu_kernels_and_says_so():
         assert NOTE in out
 
 
-@pytest.mark.skipif(torch.version.cuda is None or shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"),
+@pytest.mark.skipif(torch.version.cuda is None or (shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME")),
                     reason="needs a CUDA build of torch and nvcc")
 def test_arch_list_asks_for_the_cuda_kernels_without_gpu():
     out = _setup_name(TORCH_CUDA_ARCH_LIST="9.0")

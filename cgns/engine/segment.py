@@ -149,7 +149,7 @@ def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, ep
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(train_loader))
     step, best, best_key, bad_epochs, epoch = 0, None, None, 0, -1
-    seen_foreground, seen_pixels = 0.0, 0
+    seen_foreground, seen_pixels = torch.zeros((), device=device), 0     # epoch 0's masks, summed on the device
     for epoch in range(epochs):
         model.train()
         start = time.perf_counter()
@@ -163,9 +163,9 @@ def train_segmentation(model: SegmentationModel, train_loader, val_loader, *, ep
             optimizer.step()
             step += 1
             if epoch == 0:
-                seen_foreground, seen_pixels = seen_foreground + float(masks.sum()), seen_pixels + masks.numel()
+                seen_foreground, seen_pixels = seen_foreground + masks.sum(), seen_pixels + masks.numel()
         if epoch == 0 and prior is not None and seen_pixels:
-            share = seen_foreground / seen_pixels
+            share = float(seen_foreground) / seen_pixels
             if share > 0.05 and share > 10 * prior:
                 log(f"  warning: the training masks are {100 * share:.1f}% foreground but the decoder started at a "
                     f"{100 * prior:g}% prior; if validation Dice stays at 0, use --foreground-prior auto")
