@@ -79,6 +79,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-norm", choices=list(ATTENTION_NORMS), default="sigmoid",
                        help="cross-attention weights: sigmoid (METHOD.md) or softmax (ablation, as MGCA / GLoRIA; "
                             "pair it with --attention-scale learnable, else the weights are near uniform)")
+    model.add_argument("--grounding-weight", type=float, default=0.0,
+                       help="weight of an added sentence-region grounding term, GLoRIA's local loss with sentences "
+                            "for words (not in METHOD.md; 0: off, the method)")
+    model.add_argument("--grounding-temperature", type=float, default=4.0,
+                       help="t1 of the grounding term: sharpness of each sentence's softmax over the patches "
+                            "(GLoRIA's 4)")
+    model.add_argument("--grounding-block", type=int, default=0,
+                       help="tokens the grounding term attends over: 0 = the local tokens (last block), k = the "
+                            "patch tokens after ViT block k, through their own projection")
     model.add_argument("--no-cgns", action="store_true", help="ablation: plain local text loss, no clustering")
     model.add_argument("--no-mir", action="store_true", help="ablation: no CM-MIR reconstruction in stage 2")
     model.add_argument("--no-local", action="store_true", help="ablation: global loss only (ConVIRT-style)")
@@ -136,7 +145,9 @@ def model_config(args, tokenizer, tokenizer_dir: str):
                   kmeans_seed=args.seed, use_cgns=not (args.no_cgns or args.no_local), use_mir=not args.no_mir,
                   use_local=not args.no_local, local_image_weight=args.local_image_weight,
                   local_text_weight=args.local_text_weight, attention_scale=args.attention_scale,
-                  attention_norm=args.attention_norm)
+                  attention_norm=args.attention_norm, grounding_weight=args.grounding_weight,
+                  grounding_attention_temperature=args.grounding_temperature,
+                  grounding_block=args.grounding_block)
     return CGNSConfig(**values)
 
 

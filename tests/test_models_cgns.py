@@ -108,3 +108,56 @@ def test_resnet_model_runs_both_stages_with_its_decoder():
     sum(losses.values()).backward()
     assert float(model.decoder.head[0].weight.grad.abs().sum()) > 0
     assert float(model.image_encoder.attention_pool.q_proj.weight.grad.abs().sum()) > 0
+
+
+def test_the_grounding_term_is_added_weighted_and_its_attention_mapped():
+    torch.manual_seed(0)
+    batch = tiny_batch()
+    plain = CGNSModel(tiny_config(use_cgns=False, use_mir=False, use_local=False))
+    torch.manual_seed(0)
+    grounded = CGNSModel(tiny_config(use_cgns=False, use_mir=False, use_local=False, grounding_weight=0.5))
+    losses = grounded(batch, 1)[0]
+    assert set(losses) == {"global", "grounding"} and set(plain(batch, 1)[0]) == {"global"}
+    torch.manual_seed(0)
+    unit = CGNSModel(tiny_config(use_cgns=False, use_mir=False, use_local=False, grounding_weight=1.0))
+    torch.testing.assert_close(losses["grounding"], 0.5 * unit(batch, 1)[0]["grounding"])
+    losses["grounding"].backward()
+    for part in ("image_encoder", "text_encoder", "local_text_projection", "local_image_projection"):
+        assert sum(float(p.grad.abs().sum()) for p in getattr(grounded, part).parameters() if p.grad is not None) > 0
+    maps = grounded.local_attention(batch, kind="grounding")
+    assert maps["maps"].shape == (4, 4, 2, 2)
+    real = maps["maps"][maps["sentence_mask"]]                                        # [n, 2, 2]
+    torch.testing.assert_close(real.sum(dim=(1, 2)), torch.ones(len(real)))           # a softmax over the patches
+    with pytest.raises(RuntimeError, match="without local alignment"):
+        grounded.local_attention(batch)                                                # no cross-attention built
+    with pytest.raises(ValueError, match="attention kind"):
+        grounded.local_attention(batch, kind="both")
+    with pytest.raises(ValueError, match="grounding_weight must be >= 0"):
+        tiny_config(grounding_weight=-1.0)
+    with pytest.raises(ValueError, match="grounding_attention_temperature must be > 0"):
+        tiny_config(grounding_attention_temperature=0.0)
+
+
+def test_the_grounding_term_can_attend_over_an_earlier_vit_block():
+    torch.manual_seed(0)
+    batch = tiny_batch()
+    model = CGNSModel(tiny_config(grounding_weight=1.0, grounding_block=4))
+    encoder = model.image_encoder
+    plain = encoder(batch["image"])
+    with_block = encoder(batch["image"], extra_block=3)
+    torch.testing.assert_close(with_block["local"], plain["local"])                  # the last block unchanged
+    torch.testing.assert_close(with_block["block"],
+                               encoder.backbone.forward_blocks(batch["image"], [3])[0][:, 1:])
+    with pytest.raises(ValueError, match="extra_block must be in"):
+        encoder(batch["image"], extra_block=encoder.backbone.depth - 1)
+    losses = model(batch, 1)[0]
+    losses["grounding"].backward()
+    assert float(model.grounding_image_projection.weight.grad.abs().sum()) > 0
+    block_maps = model.local_attention(batch, kind="grounding")["maps"]
+    torch.manual_seed(0)
+    last = CGNSModel(tiny_config(grounding_weight=1.0))
+    assert not torch.allclose(block_maps, last.local_attention(batch, kind="grounding")["maps"])
+    with pytest.raises(ValueError, match="grounding_block must be 0"):
+        tiny_config(image_encoder="resnet50", grounding_block=2)
+    with pytest.raises(ValueError, match="grounding_block must be 0"):
+        tiny_config(grounding_block=-1)

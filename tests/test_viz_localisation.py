@@ -113,3 +113,21 @@ def test_best_fixed_patch_finds_where_boxes_cluster():
     assert position_prior_hit_rate(samples) == localisation_score(
         (torch.stack(maps).mean(0), b, IMAGE, "x") for b in boxes)["hit_rate"]
     assert math.isnan(best_fixed_patch_hit_rate([])[0]) and math.isnan(position_prior_hit_rate([]))
+
+
+def test_best_fixed_patch_per_finding_picks_a_patch_for_each_kind():
+    """Kind 'a': 3 boxes on patch (0, 0), 1 on (1, 1); kind 'b': 2 boxes on (2, 3). One patch for all scores 3 / 6;
+    one patch per kind scores (3 + 2) / 6, and each kind keeps its own patch and rate."""
+    from cgns.viz.localisation import best_fixed_patch_hit_rate, best_fixed_patch_per_finding
+
+    def on(row, col):  # a box holding only the centre of patch (row, col)
+        return (col * 16 + 4, row * 16 + 4, col * 16 + 12, row * 16 + 12)
+
+    flat = torch.zeros(GRID, GRID)
+    samples = ([(flat, on(0, 0), IMAGE, "a")] * 3 + [(flat, on(1, 1), IMAGE, "a")]
+               + [(flat, on(2, 3), IMAGE, "b")] * 2)
+    assert best_fixed_patch_hit_rate(samples) == (pytest.approx(3 / 6), (0, 0))
+    pooled, per_kind = best_fixed_patch_per_finding(samples)
+    assert pooled == pytest.approx(5 / 6)
+    assert per_kind == {"a": (pytest.approx(3 / 4), (0, 0)), "b": (pytest.approx(1.0), (2, 3))}
+    assert math.isnan(best_fixed_patch_per_finding([])[0])

@@ -65,6 +65,11 @@ def test_localisation_over_the_validation_set(tiny_run):
     assert 0.0 <= result["sentence_agnostic_hit_rate"] <= 1.0 and 0.0 <= result["peak_on_image_rate"] <= 1.0
     # the oracle patch is the best image-blind map, so it scores at least the model's own mean map
     assert result["best_fixed_patch_hit_rate"] >= result["position_prior_hit_rate"] >= 0.0
+    assert result["attention"] == "cross"                                  # the run did not train the grounding term
+    grounding = attention_localisation(tiny_run, attention_kind="grounding")
+    assert grounding["attention"] == "grounding" and grounding["n_sentences"] == result["n_sentences"]
+    assert grounding["chance_rate"] == result["chance_rate"]               # same sentences, same regions
+    assert grounding["contrast"] != result["contrast"]                     # but other maps
 
 
 def test_reconstruction_masks_are_the_ones_used(tiny_run):
@@ -88,8 +93,8 @@ def oracle_attention(loaded, flip: bool):
     grid_h, grid_w = model.image_encoder.grid
     original = model.local_attention
 
-    def local_attention(batch):
-        out = original(batch)
+    def local_attention(batch, kind="cross"):
+        out = original(batch, kind=kind)
         maps = torch.rand_like(out["maps"]) * 0.5                                       # [B, S, h, w]
         for b, index in enumerate(batch["index"].tolist()):
             regions = sentence_regions(dataset.record(index), truth, CACHE_SIZE, IMAGE_SIZE)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
+from cgns.losses.grounding import grounding_attention, grounding_loss
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
 from cgns.losses.reconstruction import reconstruction_loss
 from cgns.models.decoders import build_decoder
@@ -26,6 +27,7 @@ from cgns.models.text import TextEncoder
 
 ATTENTION_SCALES = ("sqrt_d", "learnable")  # cross-attention scores (CGNSConfig.attention_scale)
 ATTENTION_NORMS = ("sigmoid", "softmax")     # cross-attention weights (CGNSConfig.attention_norm)
+ATTENTION_KINDS = ("cross", "grounding")     # which attention the visual report maps (CGNSModel.local_attention)
 
 
 @dataclass
@@ -79,6 +81,16 @@ class CGNSConfig:
     # cross-attention weights: 'sigmoid' (METHOD.md, the original: each weight on its own) or 'softmax' (an ablation,
     # as MGCA / GLoRIA: each patch's weights over its sentences, and each sentence's over the patches, sum to 1)
     attention_norm: str = "sigmoid"
+    # an added term, not in METHOD.md (0: off, the method): GLoRIA's local loss with sentences for words, see
+    # cgns/losses/grounding.py. t1 sharpens each sentence's softmax over the patches, t2 aggregates a report's
+    # sentences, t3 scales the report-image logits (GLoRIA's 4 / 5 / 10).
+    grounding_weight: float = 0.0
+    grounding_attention_temperature: float = 4.0
+    grounding_sentence_temperature: float = 5.0
+    grounding_logit_scale: float = 10.0
+    # which image tokens the grounding term attends over: 0 = the local tokens of losses 2-4 (the last block); k > 0
+    # = the patch tokens after ViT block k (earlier blocks mix the image less), through their own projection
+    grounding_block: int = 0
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -96,6 +108,14 @@ class CGNSConfig:
         if self.local_image_weight < 0 or self.local_text_weight < 0:
             raise ValueError(f"local_image_weight / local_text_weight must be >= 0, got {self.local_image_weight} / "
                              f"{self.local_text_weight}")
+        if self.grounding_weight < 0:
+            raise ValueError(f"grounding_weight must be >= 0, got {self.grounding_weight}")
+        if self.grounding_block < 0 or (self.grounding_block and not self.image_encoder.startswith("vit")):
+            raise ValueError(f"grounding_block must be 0 (the local tokens), or a ViT block number > 0; got "
+                             f"{self.grounding_block} with {self.image_encoder}")
+        for name in ("grounding_attention_temperature", "grounding_sentence_temperature", "grounding_logit_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.attention_scale not in ATTENTION_SCALES:
             raise ValueError(f"attention_scale must be one of {ATTENTION_SCALES}, got {self.attention_scale!r}")
         if self.attention_norm not in ATTENTION_NORMS:
@@ -226,8 +246,8 @@ class CGNSModel(nn.Module):
     """forward(batch, stage) -> (losses: name -> scalar, stats: name -> detached tensor).
 
     batch: image [B,3,S,S] in [-1,1], input_ids / attention_mask / sentence_index long[B,T] (optional 'index').
-    Loss names: global, local_image, local_text, false_negative (CGNS), reconstruction (stage 2); the engine sums
-    them. Every sample must have at least one sentence (a ValueError names the offending samples otherwise).
+    Loss names: global, local_image, local_text, false_negative (CGNS), reconstruction (stage 2), grounding (when
+    its weight is > 0); the engine sums them. Every sample must have at least one sentence (a ValueError names the offending samples otherwise).
     """
 
     def __init__(self, config: CGNSConfig):
@@ -247,6 +267,9 @@ class CGNSModel(nn.Module):
         self.local_text_projection = nn.Linear(self.text_encoder.hidden_size, dim)
         for projection in (self.global_image_projection, self.local_image_projection, self.local_text_projection):
             nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
+        if config.grounding_block:
+            self.grounding_image_projection = nn.Linear(self.image_encoder.local_dim, dim)
+            nn.init.normal_(self.grounding_image_projection.weight, std=self.image_encoder.local_dim ** -0.5)
         self.report_pool = AttentionPool(dim, config.pool_heads)
         self.log_logit_scale = nn.Parameter(torch.tensor(initial_log_logit_scale(config.temperature)))
         if config.use_local or config.use_mir:
@@ -267,11 +290,18 @@ class CGNSModel(nn.Module):
                                          drop=config.mir_drop)
 
     # ---- encoders -----------------------------------------------------------------------------------------
-    def image_features(self, images):
-        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised."""
-        features = self.image_encoder(images)
-        return (F.normalize(self.global_image_projection(features["global"]), dim=-1),
-                F.normalize(self.local_image_projection(features["local"]), dim=-1))
+    def image_features(self, images, with_grounding: bool = False):
+        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised; with_grounding also returns
+        what the grounding term attends over, [B,L,D] unit norm (see CGNSConfig.grounding_block)."""
+        block = self.config.grounding_block if with_grounding else 0
+        features = self.image_encoder(images, extra_block=block - 1) if block else self.image_encoder(images)
+        image_global = F.normalize(self.global_image_projection(features["global"]), dim=-1)
+        patches = F.normalize(self.local_image_projection(features["local"]), dim=-1)
+        if not with_grounding:
+            return image_global, patches
+        grounding = (F.normalize(self.grounding_image_projection(features["block"]), dim=-1) if block
+                     else patches)
+        return image_global, patches, grounding
 
     def text_features(self, input_ids, attention_mask, sentence_index, sample_ids=None):
         """-> (report [B,D] L2-normalised, sentences [B,S,D], sentence_mask bool[B,S])."""
@@ -299,17 +329,28 @@ class CGNSModel(nn.Module):
         return self.text_features(input_ids, attention_mask, sentence_index)[0]
 
     @torch.no_grad()
-    def local_attention(self, batch):
-        """Per-sentence attention over the patches, for the visual report.
+    def local_attention(self, batch, kind: str = "cross"):
+        """Per-sentence attention over the patches of its own image, for the visual report.
 
-        -> dict(maps [B,S,h,w] (sigmoid weights in [0,1], sentence queries patches), sentence_mask bool[B,S]).
+        kind 'cross': the cross-attention of losses 2-4 (sentence queries patches; sigmoid weights in [0,1], or
+        softmax); 'grounding': the grounding term's softmax(t1 cos(sentence, patch)) (any model; what that term
+        trains when grounding_weight > 0).
+        -> dict(maps [B,S,h,w], sentence_mask bool[B,S]).
         """
-        if not hasattr(self, "cross_attention"):
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
+        if kind == "cross" and not hasattr(self, "cross_attention"):
             raise RuntimeError("this model was built without local alignment or CM-MIR (no cross-attention)")
-        _, patches = self.image_features(batch["image"])
+        _, patches, grounding_patches = self.image_features(batch["image"], with_grounding=True)
         _, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
                                                          batch["sentence_index"], batch.get("index"))
-        attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]   # [B,S,L]
+        if kind == "cross":
+            attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]  # [B,S,L]
+        else:
+            patches = grounding_patches
+            attention = torch.stack([grounding_attention(F.normalize(sentences[b], dim=-1), patches[b:b + 1],
+                                                         self.config.grounding_attention_temperature)[:, 0]
+                                     for b in range(len(patches))])                                    # [B,S,L]
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
                 "sentence_mask": sentence_mask}
 
@@ -319,7 +360,8 @@ class CGNSModel(nn.Module):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         config = self.config
         images = batch["image"]
-        image_global, patches = self.image_features(images)
+        grounded = config.grounding_weight > 0
+        image_global, patches, *grounding_patches = self.image_features(images, with_grounding=grounded)
         report, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
                                                               batch["sentence_index"], batch.get("index"))
         losses = global_contrastive_loss(image_global, report, self.log_logit_scale)
@@ -344,6 +386,11 @@ class CGNSModel(nn.Module):
             for name, weight in weights.items():
                 if name in losses and weight != 1.0:
                     losses[name] = weight * losses[name]
+        if grounded:
+            grounding = grounding_loss(sentences, sentence_mask, grounding_patches[0],
+                                       config.grounding_attention_temperature,
+                                       config.grounding_sentence_temperature, config.grounding_logit_scale)
+            losses["grounding"] = config.grounding_weight * grounding["grounding"]
         if reconstruct:
             reconstruction = self.decoder(patches, attention["text_to_patch"])
             losses.update(reconstruction_loss(reconstruction, images, config.mir_weight))

@@ -17,6 +17,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="only the curves from log.jsonl (no checkpoint, no data needed)")
     parser.add_argument("--localisation-only", action="store_true",
                         help="print the attention localisation figure as JSON and write no report")
+    parser.add_argument("--attention", choices=["cross", "grounding"], default=None,
+                        help="with --localisation-only: which attention to measure, the cross-attention of losses "
+                             "2-4 or the grounding term's (default: the grounding term's when the run trained it)")
     parser.add_argument("--checkpoint", default=None,
                         help="with --localisation-only: the checkpoint to measure (default: final.pt, else latest.pt)")
     return parser
@@ -28,7 +31,7 @@ def main(argv=None):
         from cgns.viz.localisation import attention_localisation
 
         result = attention_localisation(args.run_dir, data_root=args.data_root, device=args.device,
-                                        checkpoint=args.checkpoint)
+                                        checkpoint=args.checkpoint, attention_kind=args.attention)
         print(json.dumps(result, indent=2))
         return result
     from cgns.viz.report import write_report

@@ -14,6 +14,12 @@ class ValidationOutputs:
     report_embeddings: torch.Tensor                      # [N, D] L2-normalised
     sentence_features: list = field(default_factory=list)  # per item: [S_i, D] L2-normalised (z1 of CGNS)
     attention_maps: list = field(default_factory=list)     # per item: [S_i, h, w] sentence -> patch attention
+    attention_kind: str = "cross"                          # which attention the maps are (CGNSModel.local_attention)
+
+
+def default_attention_kind(model) -> str:
+    """The attention a run trained to ground: the grounding term's when it was on, else the cross-attention."""
+    return "grounding" if getattr(model.config, "grounding_weight", 0.0) > 0 else "cross"
 
 
 def collate_items(dataset, indices: list[int]) -> dict:
@@ -27,9 +33,13 @@ def collate_items(dataset, indices: list[int]) -> dict:
 
 @torch.no_grad()
 def run_validation(model, dataset, *, device: str = "cpu", batch_size: int = 16, max_items: int | None = None,
-                   with_attention: bool = True) -> ValidationOutputs:
-    """Embeddings, per-sentence features and attention maps of the first `max_items` validation items."""
+                   with_attention: bool = True, attention_kind: str | None = None) -> ValidationOutputs:
+    """Embeddings, per-sentence features and attention maps of the first `max_items` validation items.
+
+    attention_kind: 'cross' or 'grounding' (see CGNSModel.local_attention); default default_attention_kind(model).
+    """
     model.eval()
+    kind = attention_kind or default_attention_kind(model)
     count = len(dataset) if max_items is None else min(len(dataset), max_items)
     indices = list(range(count))
     images, reports, sentence_features, maps = [], [], [], []
@@ -42,10 +52,10 @@ def run_validation(model, dataset, *, device: str = "cpu", batch_size: int = 16,
         reports.append(report.float().cpu())
         sentences = F.normalize(sentences.float(), dim=-1).cpu()        # [B, S, D]
         sentence_features.extend(sentences[b][mask[b].cpu()] for b in range(len(sentences)))
-        if with_attention and hasattr(model, "cross_attention"):
-            attention = model.local_attention(batch)
+        if with_attention and (kind == "grounding" or hasattr(model, "cross_attention")):
+            attention = model.local_attention(batch, kind=kind)
             for b in range(len(sentences)):
                 maps.append(attention["maps"][b][attention["sentence_mask"][b]].float().cpu())  # [S_b, h, w]
     dim = images[0].shape[1] if images else 0
     return ValidationOutputs(indices, torch.cat(images) if images else torch.zeros(0, dim),
-                             torch.cat(reports) if reports else torch.zeros(0, dim), sentence_features, maps)
+                             torch.cat(reports) if reports else torch.zeros(0, dim), sentence_features, maps, kind)

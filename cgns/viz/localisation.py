@@ -102,6 +102,20 @@ def best_fixed_patch_hit_rate(samples) -> tuple[float, tuple[int, int] | None]:
     return float(hits.flatten()[best]) / len(samples), divmod(best, grid[1])
 
 
+def best_fixed_patch_per_finding(samples) -> tuple[float, dict]:
+    """best_fixed_patch_hit_rate for each finding kind on its own: every sentence of a kind points at the one patch
+    best for that kind (chosen with the truth). It knows WHAT the sentence names but neither reads the image nor the
+    side the sentence gives. Returns (pooled hit rate over all samples, {finding: (hit rate, (row, col))})."""
+    by_finding = {}
+    for sample in samples:
+        by_finding.setdefault(sample[3], []).append(sample)
+    if not by_finding:
+        return float("nan"), {}
+    per_finding = {finding: best_fixed_patch_hit_rate(group) for finding, group in sorted(by_finding.items())}
+    hits = sum(rate * len(by_finding[finding]) for finding, (rate, _) in per_finding.items())
+    return hits / sum(len(group) for group in by_finding.values()), per_finding
+
+
 def map_contrast(maps_per_image) -> dict:
     """How peaked the attention maps are, and how much they depend on the sentence.
 
@@ -128,14 +142,16 @@ def map_contrast(maps_per_image) -> dict:
 
 def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_size: int = 256,
                            device: str = "cpu", max_items: int | None = None, outputs=None,
-                           checkpoint=None) -> dict:
+                           checkpoint=None, attention_kind: str | None = None) -> dict:
     """Over the MIMIC-CXR validation set: how often a sentence naming a located finding has its text-to-patch
     attention peak inside the region where the generator drew that finding, against chance (area fraction).
 
     run_or_model: a run directory (model, data and cache size are read from it), or a CGNSModel together with
     `dataset` (a validation PretrainDataset) and `data_root` (the generated MIMIC-CXR folder with
     ground_truth.json). checkpoint: with a run directory, which checkpoint (default final.pt, else latest.pt, ...).
-    outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass).
+    outputs: a precomputed cgns.viz.inference.ValidationOutputs (saves a pass; its maps are the ones measured).
+    attention_kind: 'cross' (losses 2-4's cross-attention) or 'grounding' (the grounding term's attention); default:
+    the grounding term's when the run trained it, else the cross-attention. The result names it ("attention").
     Returns localisation_score(...) plus n_images, sentence_agnostic_hit_rate (the same measure on the mean
     map of the image's sentences), position_prior_hit_rate (on one map for every sentence: the mean of all the
     scored sentences' maps, i.e. where the model looks whatever the image), best_fixed_patch_hit_rate and
@@ -163,7 +179,9 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
         raise ValueError(f"{data_root}: no ground_truth.json (only generated data records where findings are "
                          f"drawn, so the localisation measure needs the demo or a generated world)")
     if outputs is None:
-        outputs = run_validation(model, dataset, device=device, max_items=max_items)
+        outputs = run_validation(model, dataset, device=device, max_items=max_items, attention_kind=attention_kind)
+    elif attention_kind is not None and attention_kind != outputs.attention_kind:
+        raise ValueError(f"the precomputed outputs hold {outputs.attention_kind!r} attention, not {attention_kind!r}")
     image_size = model.config.image_size
     samples, agnostic, on_image = [], [], []
     for position, index in enumerate(outputs.indices):
@@ -183,8 +201,12 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     result["sentence_agnostic_hit_rate"] = localisation_score(agnostic)["hit_rate"]
     result["position_prior_hit_rate"] = position_prior_hit_rate(samples)
     result["best_fixed_patch_hit_rate"], result["best_fixed_patch"] = best_fixed_patch_hit_rate(samples)
+    result["best_fixed_patch_per_finding_hit_rate"], per_kind = best_fixed_patch_per_finding(samples)
+    for finding, (rate, patch) in per_kind.items():
+        result["per_finding"][finding].update(best_fixed_patch_hit_rate=rate, best_fixed_patch=patch)
     # diagnostic: a map that peaks on the padding never localises anything
     result["peak_on_image_rate"] = sum(on_image) / len(on_image) if on_image else float("nan")
     result["n_images"] = len(outputs.indices)
+    result["attention"] = outputs.attention_kind
     result["contrast"] = map_contrast(outputs.attention_maps)
     return result
