@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
-from cgns.losses.grounding import grounding_attention, grounding_loss
+from cgns.losses.grounding import grounding_loss
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
 from cgns.losses.reconstruction import reconstruction_loss
 from cgns.models.decoders import build_decoder
@@ -247,7 +247,8 @@ class CGNSModel(nn.Module):
 
     batch: image [B,3,S,S] in [-1,1], input_ids / attention_mask / sentence_index long[B,T] (optional 'index').
     Loss names: global, local_image, local_text, false_negative (CGNS), reconstruction (stage 2), grounding (when
-    its weight is > 0); the engine sums them. Every sample must have at least one sentence (a ValueError names the offending samples otherwise).
+    its weight is > 0); the engine sums them. Every sample must have at least one sentence (a ValueError names the
+    offending samples otherwise).
     """
 
     def __init__(self, config: CGNSConfig):
@@ -341,16 +342,14 @@ class CGNSModel(nn.Module):
             raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
         if kind == "cross" and not hasattr(self, "cross_attention"):
             raise RuntimeError("this model was built without local alignment or CM-MIR (no cross-attention)")
-        _, patches, grounding_patches = self.image_features(batch["image"], with_grounding=True)
+        _, patches, *grounding_patches = self.image_features(batch["image"], with_grounding=kind == "grounding")
         _, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
                                                          batch["sentence_index"], batch.get("index"))
         if kind == "cross":
             attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]  # [B,S,L]
-        else:
-            patches = grounding_patches
-            attention = torch.stack([grounding_attention(F.normalize(sentences[b], dim=-1), patches[b:b + 1],
-                                                         self.config.grounding_attention_temperature)[:, 0]
-                                     for b in range(len(patches))])                                    # [B,S,L]
+        else:  # each sentence over its own image only (grounding_attention scores it over every image)
+            scores = torch.einsum("bsd,bld->bsl", F.normalize(sentences, dim=-1), grounding_patches[0])
+            attention = torch.softmax(self.config.grounding_attention_temperature * scores, dim=-1)  # [B,S,L]
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
                 "sentence_mask": sentence_mask}
 
