@@ -161,3 +161,5 @@ def test_the_grounding_term_can_attend_over_an_earlier_vit_block():
         tiny_config(image_encoder="resnet50", grounding_block=2)
     with pytest.raises(ValueError, match="grounding_block must be 0"):
         tiny_config(grounding_block=-1)
+    with pytest.raises(ValueError, match="needs the grounding term"):
+        tiny_config(grounding_block=2)

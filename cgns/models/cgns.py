@@ -113,6 +113,10 @@ class CGNSConfig:
         if self.grounding_block < 0 or (self.grounding_block and not self.image_encoder.startswith("vit")):
             raise ValueError(f"grounding_block must be 0 (the local tokens), or a ViT block number > 0; got "
                              f"{self.grounding_block} with {self.image_encoder}")
+        if self.grounding_block and self.grounding_weight == 0:
+            # its projection would be trained by nothing (and DDP refuses parameters that get no gradient)
+            raise ValueError(f"grounding_block={self.grounding_block} needs the grounding term: set "
+                             f"grounding_weight > 0")
         for name in ("grounding_attention_temperature", "grounding_sentence_temperature", "grounding_logit_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

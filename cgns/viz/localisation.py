@@ -155,9 +155,10 @@ def attention_localisation(run_or_model, dataset=None, *, data_root=None, cache_
     Returns localisation_score(...) plus n_images, sentence_agnostic_hit_rate (the same measure on the mean
     map of the image's sentences), position_prior_hit_rate (on one map for every sentence: the mean of all the
     scored sentences' maps, i.e. where the model looks whatever the image), best_fixed_patch_hit_rate and
-    best_fixed_patch (the best any image-blind map can do: one patch, chosen with the truth), peak_on_image_rate
-    (peaks on the X-ray rather than on its zero padding) and "contrast" (map_contrast over every sentence's map: are the maps peaked at all?); raises ValueError on data
-    without ground truth.
+    best_fixed_patch (the best any image-blind map can do: one patch, chosen with the truth),
+    best_fixed_patch_per_finding_hit_rate (one such patch per finding kind; per_finding holds each kind's),
+    peak_on_image_rate (peaks on the X-ray rather than on its zero padding) and "contrast" (map_contrast over every
+    sentence's map: are the maps peaked at all?); raises ValueError on data without ground truth.
     """
     from pathlib import Path
 
