@@ -53,12 +53,12 @@ def test_gradients_pass_gradcheck():
 
 
 def test_the_attention_is_a_softmax_over_each_images_patches():
-    sentences, mask, patches = _inputs()
-    z = F.normalize(sentences[mask], dim=-1)
-    attention = grounding_attention(z, patches, 4.0)                                  # [n, M, L]
-    assert attention.shape == (len(z), 4, 5)
-    torch.testing.assert_close(attention.sum(-1), torch.ones(len(z), 4, dtype=attention.dtype))
-    torch.testing.assert_close(attention[2, 1], torch.softmax(4.0 * patches[1] @ z[2], 0))
+    sentences, _, patches = _inputs()
+    z = F.normalize(sentences, dim=-1)                                                # [B, S, D]
+    attention = grounding_attention(z, patches, 4.0)                                  # [B, S, L]
+    assert attention.shape == (4, 3, 5)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(4, 3, dtype=attention.dtype))
+    torch.testing.assert_close(attention[1, 2], torch.softmax(4.0 * patches[1] @ z[1, 2], 0))
 
 
 def test_sentences_trained_by_it_attend_to_their_finding():
@@ -78,8 +78,8 @@ def test_sentences_trained_by_it_attend_to_their_finding():
     mask = torch.ones(batch, 1, dtype=torch.bool)
 
     def weight_on_finding():                                                            # [B]
-        attention = grounding_attention(F.normalize(sentences.detach()[:, 0], dim=-1), patches, 4.0)  # [B, B, L]
-        return attention[torch.arange(batch), torch.arange(batch), where]
+        attention = grounding_attention(F.normalize(sentences.detach(), dim=-1), patches, 4.0)  # [B, 1, L]
+        return attention[torch.arange(batch), 0, where]
 
     before = weight_on_finding()
     optimiser = torch.optim.Adam([sentences], lr=0.05)

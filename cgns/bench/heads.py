@@ -132,7 +132,7 @@ def _loop_cgns(clustering, z1, z2):
     return loss + clustering.false_negative_weight * margin
 
 
-def _time(step, heads, inputs, warmup, repeats):
+def time_step(step, heads, inputs, warmup, repeats):
     """Median wall-clock and CPU-time ms of forward + backward over `repeats` runs after `warmup` runs."""
     wall, cpu = [], []
     for run_index in range(warmup + repeats):
@@ -164,12 +164,12 @@ def run(quick: bool = False) -> list[dict]:
                 torch.set_num_threads(threads)
                 state = {k: v.clone() for k, v in heads.clustering.state_dict().items()}
                 # Medians over more runs where a run is short: wall clock on a shared machine is noisy.
-                ours, ours_cpu = _time(vectorised_step, heads, inputs, warmup=1,
-                                       repeats=2 if quick else (7 if name == "tiny" else 3))
+                ours, ours_cpu = time_step(vectorised_step, heads, inputs, warmup=1,
+                                           repeats=2 if quick else (7 if name == "tiny" else 3))
                 heads.clustering.load_state_dict(state)     # both sides start from the same centroids
                 loop_runs = 1 if quick or name == "base" else 3
-                baseline, baseline_cpu = _time(loop_step, heads, inputs, warmup=1 if name == "tiny" else 0,
-                                               repeats=loop_runs)
+                baseline, baseline_cpu = time_step(loop_step, heads, inputs, warmup=1 if name == "tiny" else 0,
+                                                   repeats=loop_runs)
                 rows.append({"section": "heads",
                              "name": f"{name} fwd+bwd B=64 L={size['patches']} D={size['dim']} threads={threads}",
                              "ours": round(ours, 1), "baseline": round(baseline, 1), "unit": "ms",

@@ -16,11 +16,12 @@ from cgns.losses.distributed import gather_rows, global_mean
 
 
 def grounding_attention(sentences: torch.Tensor, patches: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Each sentence's attention over each image's patches.
+    """Each sentence's attention over its own image's patches, as the term weighs them (the map the visual report
+    draws; report_image_scores takes the same softmax over every image of the batch).
 
-    sentences [n,D], patches [M,L,D] (both unit norm) -> softmax over L of temperature * cos, [n,M,L].
+    sentences [B,S,D], patches [B,L,D] (both unit norm) -> softmax over L of temperature * cos, [B,S,L].
     """
-    return torch.softmax(temperature * torch.einsum("nd,mld->nml", sentences, patches), dim=-1)
+    return torch.softmax(temperature * sentences @ patches.transpose(-1, -2), dim=-1)
 
 
 def report_image_scores(sentences: torch.Tensor, owner: torch.Tensor, num_reports: int, patches: torch.Tensor,

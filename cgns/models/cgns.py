@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
-from cgns.losses.grounding import grounding_loss
+from cgns.losses.grounding import grounding_attention, grounding_loss
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
 from cgns.losses.reconstruction import reconstruction_loss
 from cgns.models.decoders import build_decoder
@@ -351,9 +351,9 @@ class CGNSModel(nn.Module):
                                                          batch["sentence_index"], batch.get("index"))
         if kind == "cross":
             attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]  # [B,S,L]
-        else:  # each sentence over its own image only (grounding_attention scores it over every image)
-            scores = torch.einsum("bsd,bld->bsl", F.normalize(sentences, dim=-1), grounding_patches[0])
-            attention = torch.softmax(self.config.grounding_attention_temperature * scores, dim=-1)  # [B,S,L]
+        else:
+            attention = grounding_attention(F.normalize(sentences, dim=-1), grounding_patches[0],
+                                            self.config.grounding_attention_temperature)                 # [B,S,L]
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
                 "sentence_mask": sentence_mask}
 
