@@ -163,3 +163,38 @@ def test_the_grounding_term_can_attend_over_an_earlier_vit_block():
         tiny_config(grounding_block=-1)
     with pytest.raises(ValueError, match="needs the grounding term"):
         tiny_config(grounding_block=2)
+
+
+def test_the_grounding_term_encodes_each_sentence_on_its_own():
+    torch.manual_seed(0)
+    batch = tiny_batch()
+    model = CGNSModel(tiny_config(grounding_weight=1.0)).eval()
+    assert model.config.grounding_context == "sentence"
+    _, in_report, sentence_mask = model.text_features(batch["input_ids"], batch["attention_mask"],
+                                                      batch["sentence_index"])
+    alone = model.grounding_sentences(batch, in_report)                              # [B,S,D]
+    # reference: report 0 with only its first sentence's tokens visible, through the ordinary path
+    first_only = dict(batch, attention_mask=(batch["sentence_index"] == 1).long())
+    reference = model.text_features(first_only["input_ids"], first_only["attention_mask"],
+                                    first_only["sentence_index"])[1]
+    torch.testing.assert_close(alone[:, 0], reference[:, 0])
+    # editing report 0's second sentence moves its first sentence in the report's context, not on its own
+    edited = dict(batch, input_ids=batch["input_ids"].clone())
+    edited["input_ids"][0, 4:7] = (batch["input_ids"][0, 4:7] + 1 - 5) % (VOCAB - 5) + 5
+    _, in_report_edited, _ = model.text_features(edited["input_ids"], edited["attention_mask"],
+                                                 edited["sentence_index"])
+    alone_edited = model.grounding_sentences(edited, in_report_edited)
+    torch.testing.assert_close(alone_edited[0, 0], alone[0, 0])
+    assert not torch.allclose(alone_edited[0, 1], alone[0, 1])
+    assert not torch.allclose(in_report_edited[0, 0], in_report[0, 0], atol=1e-4)
+    # 'report' passes the features of losses 2-4 through
+    report_model = CGNSModel(tiny_config(grounding_weight=1.0, grounding_context="report"))
+    assert report_model.grounding_sentences(batch, in_report) is in_report
+    with pytest.raises(ValueError, match="grounding_context must be one of"):
+        tiny_config(grounding_weight=1.0, grounding_context="word")
+    # grounding checkpoints from before the field encoded their sentences in the report's context
+    saved = tiny_config(grounding_weight=1.0).to_dict()
+    del saved["grounding_context"]
+    assert CGNSConfig.from_dict(saved).grounding_context == "report"
+    saved["grounding_weight"] = 0.0
+    assert CGNSConfig.from_dict(saved).grounding_context == "sentence"

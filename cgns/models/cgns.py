@@ -22,12 +22,13 @@ from cgns.losses.reconstruction import reconstruction_loss
 from cgns.models.decoders import build_decoder
 from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_encoder, load_backbone_weights,
                                   unwrap_state_dict)
-from cgns.models.text import TextEncoder
+from cgns.models.text import TextEncoder, sentence_attention_mask
 
 
 ATTENTION_SCALES = ("sqrt_d", "learnable")  # cross-attention scores (CGNSConfig.attention_scale)
 ATTENTION_NORMS = ("sigmoid", "softmax")     # cross-attention weights (CGNSConfig.attention_norm)
 ATTENTION_KINDS = ("cross", "grounding")     # which attention the visual report maps (CGNSModel.local_attention)
+GROUNDING_CONTEXTS = ("sentence", "report")  # what the grounding term's sentence features see
 
 
 @dataclass
@@ -91,6 +92,11 @@ class CGNSConfig:
     # which image tokens the grounding term attends over: 0 = the local tokens of losses 2-4 (the last block); k > 0
     # = the patch tokens after ViT block k (earlier blocks mix the image less), through their own projection
     grounding_block: int = 0
+    # what the grounding term's sentence features see: 'sentence' = each sentence encoded on its own (its tokens
+    # attend only within it; one more text-encoder pass), so a sentence can only be matched to the region of its own
+    # finding; 'report' = the sentence features of losses 2-4, whose tokens attend over the whole report (every
+    # sentence then also describes the report's other findings)
+    grounding_context: str = "sentence"
     # ablations
     use_cgns: bool = True
     use_mir: bool = True
@@ -117,6 +123,8 @@ class CGNSConfig:
             # its projection would be trained by nothing (and DDP refuses parameters that get no gradient)
             raise ValueError(f"grounding_block={self.grounding_block} needs the grounding term: set "
                              f"grounding_weight > 0")
+        if self.grounding_context not in GROUNDING_CONTEXTS:
+            raise ValueError(f"grounding_context must be one of {GROUNDING_CONTEXTS}, got {self.grounding_context!r}")
         for name in ("grounding_attention_temperature", "grounding_sentence_temperature", "grounding_logit_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -138,6 +146,9 @@ class CGNSConfig:
             shared = values.pop("local_weight")
             values.setdefault("local_image_weight", shared)
             values.setdefault("local_text_weight", shared)
+        if values.get("grounding_weight", 0) > 0 and "grounding_context" not in values:
+            # grounding runs written before the field existed encoded their sentences in the report's context
+            values = {**values, "grounding_context": "report"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown CGNSConfig fields: {', '.join(unknown)}")
@@ -325,6 +336,16 @@ class CGNSModel(nn.Module):
         report = F.normalize(self.report_pool(sentences, sentence_mask), dim=-1)
         return report, sentences, sentence_mask
 
+    def grounding_sentences(self, batch, sentences):
+        """The sentence features the grounding term matches, [B,S,D] (the sentence mask is that of text_features):
+        `sentences` (those of losses 2-4) when grounding_context is 'report'; with 'sentence', each sentence
+        encoded on its own by one more text-encoder pass (see CGNSConfig.grounding_context)."""
+        if self.config.grounding_context == "report":
+            return sentences
+        mask = sentence_attention_mask(batch["attention_mask"], batch["sentence_index"])       # [B,1,T,T]
+        tokens = F.normalize(self.local_text_projection(self.text_encoder(batch["input_ids"], mask)), dim=-1)
+        return sentence_features(tokens, batch["sentence_index"])[0]
+
     def encode_image(self, images):
         """images [B,3,S,S] -> global image vectors [B,D], L2-normalised."""
         return self.image_features(images)[0]
@@ -352,6 +373,7 @@ class CGNSModel(nn.Module):
         if kind == "cross":
             attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]  # [B,S,L]
         else:
+            sentences = self.grounding_sentences(batch, sentences)
             attention = grounding_attention(F.normalize(sentences, dim=-1), grounding_patches[0],
                                             self.config.grounding_attention_temperature)                 # [B,S,L]
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
@@ -390,7 +412,8 @@ class CGNSModel(nn.Module):
                 if name in losses and weight != 1.0:
                     losses[name] = weight * losses[name]
         if grounded:
-            grounding = grounding_loss(sentences, sentence_mask, grounding_patches[0],
+            grounding = grounding_loss(self.grounding_sentences(batch, sentences), sentence_mask,
+                                       grounding_patches[0],
                                        config.grounding_attention_temperature,
                                        config.grounding_sentence_temperature, config.grounding_logit_scale)
             losses["grounding"] = config.grounding_weight * grounding["grounding"]

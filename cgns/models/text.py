@@ -3,12 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from transformers import BertConfig, BertModel
 
 
+def sentence_attention_mask(attention_mask: torch.Tensor, sentence_index: torch.Tensor) -> torch.Tensor:
+    """attention_mask [B,T] (1 = real token), sentence_index long[B,T] (0 = in no sentence, i+1 = sentence i) ->
+    bool[B,1,T,T]: token t may attend to token u when both carry the same sentence index and u is a real token, so
+    each sentence is encoded as if on its own (positions kept). Every token also attends to itself, so padding
+    rows stay defined. Pass it to TextEncoder as its attention_mask."""
+    same = sentence_index[:, :, None] == sentence_index[:, None, :]                         # [B,T,T]
+    itself = torch.eye(sentence_index.shape[1], dtype=torch.bool, device=sentence_index.device)
+    return ((same & attention_mask.bool()[:, None, :]) | itself)[:, None]
+
+
 class TextEncoder(nn.Module):
-    """forward(input_ids long[B,T], attention_mask long[B,T]) -> last_hidden_state [B,T,hidden_size].
+    """forward(input_ids long[B,T], attention_mask long[B,T] or bool[B,1,T,T]) -> last_hidden_state
+    [B,T,hidden_size]. A [B,1,T,T] mask says which token attends to which (see sentence_attention_mask).
 
     path: a local BERT folder (config.json + weights, e.g. Bio_ClinicalBERT); None builds a random BERT with the
     given vocabulary and size (the demo configuration). No pooler: only the token states are used.
