@@ -29,7 +29,8 @@ def test_main_learns_and_writes_the_run_directory(test_world, tmp_path):
     stage1 = [r["loss/total"] for r in train if r["stage"] == 1]
     # learning, not just running: the stage-1 training loss falls by a clear margin
     assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 0.3, stage1
-    assert {"loss/global", "loss/local_image", "loss/local_text", "cgns/hard_negative_sim"} <= train[0].keys()
+    assert {"loss/global", "loss/local_image", "loss/local_text", "cgns/hard_negative_sim",
+            "loss/grounding"} <= train[0].keys()                                      # the demo preset's added term
     assert "loss/reconstruction" in train[-1] and "loss/reconstruction" not in train[0]  # stage 2 adds CM-MIR
     val = records(tmp_path, "val")
     assert len(val) == 6 and {"retrieval/i2t_R@1", "retrieval/t2i_R@10", "val/loss/total"} <= val[-1].keys()
