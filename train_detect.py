@@ -24,6 +24,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     add_encoder_source_args(parser)
     parser.add_argument("--finetune", action="store_true", help="train the encoder too (default: frozen)")
+    parser.add_argument("--encoder-lr-scale", type=float, default=1.0,
+                        help="with --finetune: the encoder's learning rate as a multiple of the head's (e.g. 0.1)")
+    parser.add_argument("--vit-blocks", choices=["last", "all"], default="last",
+                        help="a ViT's maps the feature pyramid is built from: its last block (ViTDet), or its four "
+                             "evenly spaced blocks concatenated")
     parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--head-width", type=int, default=256, help="channels of the coarsest YOLOv3 neck block")
@@ -42,9 +47,9 @@ def main(argv=None) -> dict:
     device = check_encoder_source(args)
     output_dir = args.output_dir or f"runs/detect_{args.dataset}"
     results = run_detection(
-        args.dataset, **downstream_kwargs(args), finetune=args.finetune, lr=args.learning_rate,
-        weight_decay=args.weight_decay, head_width=args.head_width, conf_thresh=args.conf_thresh,
-        nms_thresh=args.nms_thresh, augment=args.augment, feature_cache_gb=args.feature_cache_gb,
+        args.dataset, **downstream_kwargs(args), finetune=args.finetune, encoder_lr_scale=args.encoder_lr_scale,
+        vit_blocks=args.vit_blocks, lr=args.learning_rate, weight_decay=args.weight_decay, head_width=args.head_width,
+        conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh, augment=args.augment, feature_cache_gb=args.feature_cache_gb,
         whiten_shrinkage=args.whiten_shrinkage, device=device,
         output_dir=output_dir)
     for split in ("val", "test"):

@@ -50,3 +50,11 @@ def test_an_encoder_source_is_required(test_world, tmp_path):
     with pytest.raises(ValueError, match="--random-init"):
         train_detect.main(["--dataset", "rsna", "--data-root", str(test_world / "rsna"), "--image-size", "64",
                            "--epochs", "1", "--output-dir", str(tmp_path)])
+
+
+def test_an_encoder_rate_needs_a_fine_tuned_encoder(test_world):
+    from cgns.engine.detect import run_detection
+
+    with pytest.raises(ValueError, match="applies to a fine-tuned encoder"):
+        run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
+                      random_init=True, encoder_lr_scale=0.1)

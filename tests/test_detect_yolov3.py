@@ -137,3 +137,38 @@ def test_resnet50_feeds_layers_2_3_4_and_vit_the_last_block():
     assert vit.level_index == [len(vit.encoder.pyramid_strides) - 1] and vit.pyramid is not None
     raw = vit(torch.randn(1, 3, SIZE, SIZE))
     assert [tuple(r.shape[2:4]) for r in raw] == [(8, 8), (4, 4), (2, 2)]
+
+
+def test_a_fine_tuned_encoder_trains_at_its_own_rate():
+    from cgns.engine.detect import parameter_groups
+    from cgns.engine.schedule import set_lr
+
+    frozen = build_yolov3(ConvPyramid(), image_size=SIZE, width=32)
+    groups = parameter_groups(frozen, encoder_lr_scale=0.1)
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == {id(p) for p in frozen.head.parameters()}
+    tuned = build_yolov3(ConvPyramid(), image_size=SIZE, width=32, freeze_encoder=False)
+    optimizer = torch.optim.Adam(parameter_groups(tuned, encoder_lr_scale=0.1), lr=1.0)
+    set_lr(optimizer, 2e-3)
+    head, encoder = optimizer.param_groups
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in tuned.encoder.parameters()}
+    assert len(head["params"]) + len(encoder["params"]) == len(list(tuned.parameters()))
+    assert head["lr"] == pytest.approx(2e-3) and encoder["lr"] == pytest.approx(2e-4)
+    with pytest.raises(ValueError, match="encoder_lr_scale must be > 0"):
+        parameter_groups(tuned, encoder_lr_scale=0.0)
+
+
+def test_a_vit_head_reads_its_last_block_or_all_of_its_pyramid_blocks():
+    torch.manual_seed(0)
+    last = build_yolov3(PatchPyramid(), image_size=SIZE, width=32).eval()
+    every = build_yolov3(PatchPyramid(), image_size=SIZE, width=32, vit_blocks="all").eval()
+    images, _ = square_images(2, torch.Generator().manual_seed(0))
+    assert [tuple(m.shape) for m in last.encode(images)] == [(2, 24, 4, 4)]
+    maps = every.encode(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 24, 4, 4)] * 2
+    # 'all' reads the earlier block too; 'last' reads only the last map of the encoder's pyramid
+    assert last.level_index == [1] and every.level_index == [0, 1]
+    torch.testing.assert_close(last.encode(images)[0], last.encoder.feature_pyramid(images)[1])
+    moved = [maps[0] + torch.randn_like(maps[0]), maps[1]]
+    assert not torch.allclose(every(features=moved)[0], every(features=maps)[0])
+    with pytest.raises(ValueError, match="vit_blocks must be one of"):
+        build_yolov3(PatchPyramid(), image_size=SIZE, width=32, vit_blocks="first")

@@ -135,13 +135,27 @@ def _monitor_key(metrics: dict) -> tuple:
     return (-math.inf if math.isnan(value) else value, -metrics["loss"])
 
 
+def parameter_groups(model: YOLOv3, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """Adam groups of the trainable parameters: the head at the base rate, a trainable (fine-tuned) encoder at
+    encoder_lr_scale times it (set_lr reads 'lr_scale'). A frozen encoder contributes nothing."""
+    if not encoder_lr_scale > 0:
+        raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+    encoder = {id(p) for p in model.encoder.parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
+    tuned = [p for p in model.encoder.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr_scale": 1.0}]
+    if tuned:
+        groups.append({"params": tuned, "lr_scale": encoder_lr_scale})
+    return groups
+
+
 def train_detector(model: YOLOv3, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, lr: float,
                    weight_decay: float = 1e-6, warmup_epochs: float = 1.0, conf_thresh: float = 0.5,
-                   nms_thresh: float = 0.5, device: str = "cpu", log=print) -> dict:
-    """Train the trainable parameters (head; the encoder too when not frozen), keep the best validation epoch.
-    Leaves `model` holding the best epoch's weights. Returns {best_epoch, history: [per-epoch losses + val]}."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+                   nms_thresh: float = 0.5, encoder_lr_scale: float = 1.0, device: str = "cpu", log=print) -> dict:
+    """Train the trainable parameters (head; the encoder too when not frozen, at encoder_lr_scale times the rate),
+    keep the best validation epoch. Leaves `model` holding the best epoch's weights.
+    Returns {best_epoch, history: [per-epoch losses + val]}."""
+    optimizer = torch.optim.Adam(parameter_groups(model, encoder_lr_scale), lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(train_loader))
     warmup_steps = int(warmup_epochs * len(train_loader))
     step, best_key, best_state, best_epoch, history = 0, None, None, -1, []
@@ -183,7 +197,8 @@ def detection_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 42,
 def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
                   image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
                   image_weights: Optional[os.PathLike] = None, random_init: bool = False,
-                  resize_checkpoint: bool = False, finetune: bool = False,
+                  resize_checkpoint: bool = False, finetune: bool = False, encoder_lr_scale: float = 1.0,
+                  vit_blocks: str = "last",
                   data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 16,
                   lr: float = 5e-4, weight_decay: float = 1e-6, head_width: int = 256, conf_thresh: float = 0.5,
                   nms_thresh: float = 0.5, augment: bool = False, feature_cache_gb: float = 2.0,
@@ -192,7 +207,9 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
     """YOLOv3 detection for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
 
     Exactly one of checkpoint / image_weights / random_init (see cgns.engine.features.load_frozen_encoder; the
-    encoder name and image size come from a checkpoint). The encoder is frozen unless `finetune`; a frozen encoder
+    encoder name and image size come from a checkpoint). The encoder is frozen unless `finetune` (then trained at
+    encoder_lr_scale times the head's rate, which only a fine-tuned encoder may set); vit_blocks: which of a ViT's
+    maps the head reads (cgns.models.yolov3.YOLOv3Config); a frozen encoder
     without augmentation encodes each image once (FeatureCache) when the maps fit in feature_cache_gb (0: never).
     whiten_shrinkage: candidate shrinkages of a fixed whitening of the encoded maps (cgns.models.whitening; None = no
     whitening), fitted on the training fraction (not augmented); each candidate trains its own head (same seed), the
@@ -206,6 +223,9 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
 
     if dataset not in DATASETS:
         raise ValueError(f"detection: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
+    if encoder_lr_scale != 1.0 and not finetune:
+        raise ValueError(f"encoder_lr_scale={encoder_lr_scale} applies to a fine-tuned encoder: add finetune "
+                         f"(--finetune), or leave it at 1")
     candidates = whitening_candidates(whiten_shrinkage, finetune, "detection")
     root = resolve_data_root(dataset, data_root)
     use_cache = not finetune and not augment and feature_cache_gb > 0
@@ -220,7 +240,8 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
                                                   frozen=not finetune)
         size = source["image_size"]
         torch.manual_seed(seed)
-        model = build_yolov3(encoder, image_size=size, width=head_width, freeze_encoder=not finetune).to(device)
+        model = build_yolov3(encoder, image_size=size, width=head_width, vit_blocks=vit_blocks,
+                             freeze_encoder=not finetune).to(device)
         sets = {name: build("detection", dataset, name, data_root=root, image_size=size, seed=seed,
                             data_pct=pct if name == "train" else 1.0, augment=augment and name == "train")
                 for name in ("train", "valid", "test")}
@@ -254,10 +275,12 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
 
         def train_head(whitening):
             torch.manual_seed(seed)
-            head = build_yolov3(encoder, image_size=size, width=head_width, freeze_encoder=not finetune,
+            head = build_yolov3(encoder, image_size=size, width=head_width, vit_blocks=vit_blocks,
+                                freeze_encoder=not finetune,
                                 whitening=whitening).to(device)
             summary = train_detector(head, train_loader, val_loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                     conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device, log=log)
+                                     conf_thresh=conf_thresh, nms_thresh=nms_thresh,
+                                     encoder_lr_scale=encoder_lr_scale, device=device, log=log)
             val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
             return head, summary, val, _monitor_key(val) if val else (-math.inf, -math.inf)
 

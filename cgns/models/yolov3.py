@@ -23,6 +23,9 @@ YOLOV3_ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119
 LEVEL_STRIDES = (8, 16, 32)
 
 
+VIT_BLOCKS = ("last", "all")
+
+
 @dataclass
 class YOLOv3Config:
     image_size: int = 224
@@ -32,8 +35,13 @@ class YOLOv3Config:
     anchors_416: tuple = field(default=YOLOV3_ANCHORS_416)
     max_detections: int = 100
     pre_nms_top_k: int = 3000
+    # a ViT's maps the pyramid is built from: 'last' (its last block, ViTDet's choice) or 'all' (the encoder's
+    # pyramid blocks, e.g. 2, 5, 8, 11 of 12, concatenated along channels, as frozen-feature probes often do)
+    vit_blocks: str = "last"
 
     def __post_init__(self):
+        if self.vit_blocks not in VIT_BLOCKS:
+            raise ValueError(f"YOLOv3 vit_blocks must be one of {VIT_BLOCKS}, got {self.vit_blocks!r}")
         if self.image_size % 32:
             raise ValueError(f"YOLOv3 image_size must be a multiple of 32, got {self.image_size}")
         if len(self.anchors_416) != 9:
@@ -201,9 +209,9 @@ class YOLOv3(nn.Module):
             self.pyramid = None
             in_channels = [channels[i] for i in self.level_index]
         else:
-            # ViT: every map has one stride; build the three levels from the last block
-            self.level_index = [len(strides) - 1]
-            self.pyramid = SimpleFeaturePyramid(channels[-1], strides[-1])
+            # ViT: every map has one stride; build the three levels from the last block (or all pyramid blocks)
+            self.level_index = list(range(len(strides))) if config.vit_blocks == "all" else [len(strides) - 1]
+            self.pyramid = SimpleFeaturePyramid(sum(channels[i] for i in self.level_index), strides[-1])
             in_channels = self.pyramid.out_channels
         self.encoded_channels = [channels[i] for i in self.level_index]   # channels of encode()'s maps
         self.head = YOLOv3Head(in_channels, config.num_classes, config.width)
@@ -217,7 +225,8 @@ class YOLOv3(nn.Module):
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images [B,3,S,S] -> the encoder maps the head reads: ResNet [layer2, layer3, layer4] at strides 8/16/32,
-        ViT [last block map] at stride 16. Without gradient when the encoder is frozen (then they can be cached)."""
+        ViT [last block map] (vit_blocks 'all': every pyramid block's map) at stride 16. Without gradient when the
+        encoder is frozen (then they can be cached)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             pyramid = self.encoder.feature_pyramid(images)
         return [pyramid[i] for i in self.level_index]
@@ -230,7 +239,7 @@ class YOLOv3(nn.Module):
             features = self.encode(images)
         if self.whitening is not None:
             features = self.whitening(features)
-        levels = features if self.pyramid is None else self.pyramid(features[-1])
+        levels = features if self.pyramid is None else self.pyramid(torch.cat(features, dim=1))
         raw = []
         for out in self.head(levels):
             b, _, h, w = out.shape
