@@ -1,11 +1,14 @@
-"""An optional sentence-region grounding term (GLoRIA's local loss with sentences for words; not in METHOD.md).
+"""An added sentence-region grounding term (GLoRIA's local loss with sentences for words; not in METHOD.md; the
+demo preset trains it, the paper preset does not).
 
 Each sentence attends over the patches of EVERY image in the (global) batch, softmax(t1 cos(sentence, patch)); its
 attended context is scored by cos(sentence, context); a report's score for an image aggregates its sentences'
 scores, log sum exp(t2 cos) / t2; and reports and images are matched by a symmetric cross-entropy over t3 x score.
 Against METHOD.md's local text loss (loss 3), whose negatives are OTHER sentences attending over their own images,
 the negatives here are the SAME sentence attending over other images: the attended context must tell the sentence's
-own image from the rest, which pays for attending where the sentence's finding is.
+own image from the rest, which pays for attending where the sentence's finding is. The sentence features should
+describe their own sentence only (CGNSModel.grounding_sentences encodes each on its own): a sentence encoded in its
+report's context also describes the report's other findings, and their regions would match it as well.
 """
 from __future__ import annotations
 
