@@ -16,6 +16,7 @@ import argparse
 from cgns.cli import (add_common_args, add_encoder_source_args, add_whitening_args, check_encoder_source,
                       downstream_kwargs, print_final)
 from cgns.engine.detect import DATASETS, paper_row, run_detection
+from cgns.models.yolov3 import VIT_BLOCKS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune", action="store_true", help="train the encoder too (default: frozen)")
     parser.add_argument("--encoder-lr-scale", type=float, default=1.0,
                         help="with --finetune: the encoder's learning rate as a multiple of the head's (e.g. 0.1)")
-    parser.add_argument("--vit-blocks", choices=["last", "all"], default="last",
+    parser.add_argument("--vit-blocks", choices=list(VIT_BLOCKS), default="last",
                         help="a ViT's maps the feature pyramid is built from: its last block (ViTDet), or its four "
                              "evenly spaced blocks concatenated")
     parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=5e-4)

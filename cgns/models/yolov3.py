@@ -21,9 +21,7 @@ from torch import nn
 # The YOLOv3 COCO anchors, defined for a 416 px input; three per level, fine (stride 8) to coarse (stride 32).
 YOLOV3_ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
 LEVEL_STRIDES = (8, 16, 32)
-
-
-VIT_BLOCKS = ("last", "all")
+VIT_BLOCKS = ("last", "all")         # which of a ViT's maps the pyramid is built from (YOLOv3Config.vit_blocks)
 
 
 @dataclass
