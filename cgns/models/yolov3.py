@@ -237,7 +237,10 @@ class YOLOv3(nn.Module):
             features = self.encode(images)
         if self.whitening is not None:
             features = self.whitening(features)
-        levels = features if self.pyramid is None else self.pyramid(torch.cat(features, dim=1))
+        if self.pyramid is None:
+            levels = features
+        else:   # one ViT map, or (vit_blocks 'all') several concatenated along channels; no copy for one
+            levels = self.pyramid(features[0] if len(features) == 1 else torch.cat(features, dim=1))
         raw = []
         for out in self.head(levels):
             b, _, h, w = out.shape
