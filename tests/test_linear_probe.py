@@ -108,6 +108,27 @@ def test_resize_checkpoint_evaluates_at_another_size(tmp_path):
         load_frozen_encoder("vit_small", 128, checkpoint=ckpt, resize_checkpoint=True)
 
 
+def test_resize_checkpoint_resamples_the_resnet_pooling_grid(tmp_path):
+    """A 128-px ResNet-50 checkpoint built at 256 px: every convolution and BatchNorm entry (running statistics
+    included) is kept, and only the global pooling's position table goes from 1+4x4 to 1+8x8 entries, the mean
+    token's entry unchanged."""
+    from cgns.models.encoders import build_image_encoder
+
+    torch.manual_seed(0)
+    small = build_image_encoder("resnet50", 128)
+    small.backbone.layer1[0].bn1.running_mean.normal_()            # a trained BatchNorm, not the initial zeros
+    ckpt = _fake_checkpoint(tmp_path / "r50.pt", "resnet50", 128, small)
+    encoder, source = load_frozen_encoder(None, 256, checkpoint=ckpt, resize_checkpoint=True)
+    assert source["image_size"] == 256 and encoder.grid == (8, 8)
+    big, old = encoder.state_dict(), small.state_dict()
+    key = "attention_pool.positional_embedding"
+    assert big[key].shape == (65, 2048) and old[key].shape == (17, 2048)
+    assert torch.equal(big[key][0], old[key][0])
+    assert all(torch.equal(big[k], v) for k, v in old.items() if k != key)
+    maps = encoder.feature_pyramid(torch.randn(1, 3, 256, 256))
+    assert [m.shape[-1] for m in maps[2:]] == [32, 16, 8]          # layer2 / 3 / 4, the YOLOv3 scales
+
+
 def test_checkpoint_mismatch_is_refused_naming_both(tmp_path):
     ckpt = _fake_checkpoint(tmp_path / "r50.pt", "resnet50", 64)
     with pytest.raises(ValueError, match=r"--image-encoder vit_tiny but the checkpoint holds resnet50"):
