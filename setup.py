@@ -75,17 +75,57 @@ def kernel_extensions():
                          extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
 
+def needed_libraries(path):
+    """The NEEDED entries of a shared object's dynamic section (readelf), or None where readelf is missing."""
+    import shutil
+    import subprocess
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return None
+    listing = subprocess.run([readelf, "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]").strip() for line in listing.splitlines() if "(NEEDED)" in line]
+
+
+def static_cxx_runtime_error(path):
+    """A message when the module at path carries its own static libstdc++ (it does not load the shared one), else
+    None; None too where readelf cannot tell."""
+    needed = needed_libraries(path)
+    if needed is None or any(name.startswith("libstdc++") for name in needed):
+        return None
+    return (f"cgns setup: {path} does not load the shared libstdc++ (NEEDED: {', '.join(needed) or 'none'}): the C++ "
+            f"compiler ({os.environ.get('CXX', 'c++')}) linked libstdc++ statically, and such a module crashes on its "
+            f"first error message. Build with a compiler that links it dynamically, e.g. "
+            f"CXX=/usr/bin/g++ python setup.py build_ext --inplace")
+
+
 def build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
-    return BuildExtension.with_options(use_ninja=True)
+
+    class KernelBuild(BuildExtension.with_options(use_ninja=True)):
+        """torch's BuildExtension, plus a check that the module shares torch's C++ runtime.
+
+        A compiler that links libstdc++ statically (some toolchain wrappers do) gives the module a second copy of the
+        C++ runtime whose locale tables are never initialised: the first error message that formats a number
+        (any TORCH_CHECK with a size in it) then crashes the process with a segmentation fault, or loses the number."""
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            path = self.get_ext_fullpath(ext.name)
+            error = static_cxx_runtime_error(path)
+            if error is not None:
+                os.remove(path)
+                raise SystemExit(error)
+
+    return KernelBuild
 
 
-setup(
-    name="cgns",
-    version="0.1.0",
-    description="Cross-modal cluster-guided negative sampling (CM-CGNS) for chest X-ray / report pretraining",
-    packages=find_packages(include=["cgns", "cgns.*"]),
-    python_requires=">=3.9",
-    ext_modules=kernel_extensions(),
-    cmdclass={"build_ext": build_ext_class()},
-)
+if __name__ == "__main__":     # (pip's setuptools backend runs this file as __main__ too)
+    setup(
+        name="cgns",
+        version="0.1.0",
+        description="Cross-modal cluster-guided negative sampling (CM-CGNS) for chest X-ray / report pretraining",
+        packages=find_packages(include=["cgns", "cgns.*"]),
+        python_requires=">=3.9",
+        ext_modules=kernel_extensions(),
+        cmdclass={"build_ext": build_ext_class()},
+    )

@@ -16,16 +16,29 @@ mkdir -p "$out"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+# A C++ compiler that links libstdc++ dynamically: a module with its own static copy crashes on its first error
+# message (setup.py refuses such a build). $CXX (or c++) is tried first, then /usr/bin/g++, on a one-line library.
+shares_libstdcxx() {
+  local dir; dir=$(mktemp -d)
+  printf '#include <sstream>\nstd::string f(long n) { std::ostringstream s; s << n; return s.str(); }\n' > "$dir/t.cpp"
+  "$1" -shared -fPIC -o "$dir/t.so" "$dir/t.cpp" 2> /dev/null && readelf -d "$dir/t.so" | grep -q 'NEEDED.*libstdc++'
+  local ok=$?; rm -rf "$dir"; return $ok
+}
+for cxx in "${CXX:-c++}" /usr/bin/g++; do
+  if shares_libstdcxx "$cxx"; then export CXX="$cxx"; break; fi
+  echo "device_check: $cxx links libstdc++ statically (or does not work); trying the next compiler"
+done
 "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'device_check: no GPU visible to torch')"
 if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
   TORCH_CUDA_ARCH_LIST="$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
   export TORCH_CUDA_ARCH_LIST
 fi
 "$python" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+echo "device_check: C++ compiler $CXX"
 start=$SECONDS
 rm -f cgns/_C*.so
 PATH="$CUDA_HOME/bin:$PATH" "$python" setup.py build_ext --inplace > "$out/build.log" 2>&1 || {
-  grep -n -B2 -A6 -E "error|Error" "$out/build.log" | head -60; echo "device_check: BUILD FAILED"; exit 1; }
+  grep -n -B2 -A6 -E "error|Error|cgns setup" "$out/build.log" | head -60; echo "device_check: BUILD FAILED"; exit 1; }
 echo "device_check: built in $((SECONDS - start)) s for arch $TORCH_CUDA_ARCH_LIST"
 "$python" -c "import torch; from cgns import _C; assert _C.WITH_CUDA, 'built without the CUDA kernels'"
 set +e
