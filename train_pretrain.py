@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from cgns.cli import add_common_args, print_final, resolve_data_root, write_metrics
+from cgns.cli import add_common_args, print_final, write_metrics
+from cgns.data.roots import resolve_data_root
 from cgns.engine import checkpoint as ckpt
-from cgns.engine.distributed import (barrier, cleanup_distributed, init_distributed, log_main, seed_for_data,
+from cgns.distributed import (barrier, cleanup_distributed, init_distributed, log_main, seed_for_data,
                                      seed_for_model)
 from cgns.engine.pretrain import LoopConfig, Pretrainer
 

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_ROOT = REPO_ROOT / "data" / "demo"
+from cgns.io import atomic_write_json
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 64,
@@ -29,31 +26,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int = 10, batch_
     return parser
 
 
-def resolve_data_root(dataset: str, data_root: str | os.PathLike | None) -> Path:
-    """The folder of `dataset` in its official layout; None means the demo copy, generated on first use."""
-    if data_root is not None:
-        root = Path(data_root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"--data-root {root}: no such directory (expected the {dataset} data set "
-                                    f"in its official layout, see README 'Bring real data')")
-        return root
-    from cgns.data.synthetic import ensure_demo
-
-    return Path(ensure_demo(dataset, root=DEMO_ROOT))
-
-
 def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> Path:
-    """Write <output_dir>/metrics.json atomically (temp file + os.replace)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "metrics.json"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    return target
+    """Write <output_dir>/metrics.json atomically."""
+    return atomic_write_json(Path(output_dir) / "metrics.json", metrics)
 
 
 def _flatten(metrics: dict, prefix: str = "") -> dict:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from cgns.data.cache import COMPLETE, write_cache, write_tables
+from cgns.data.roots import REPO_ROOT
 from cgns.data.sources import DATASETS, Issues, SampleError, SchemaError, get_source
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO_ROOT / "data" / "cache"
 FORMAT_VERSION = 2
 

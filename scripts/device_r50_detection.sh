@@ -33,7 +33,7 @@ rm -rf /tmp/k && cp -r . /tmp/k
 ( cd /tmp/k && unset CGNS_NO_JIT && MAX_JOBS=8 OMP_NUM_THREADS=4 DEVICE_CHECK_BENCH=0 bash scripts/device_check.sh /tmp/k/out ) \
   > $OUT/kernels.log 2>&1 &
 KPID=$!
-stamp "generate"; python3 -m cgns.data.synthetic --out data/demo --workers 12 2>&1 | tail -2; stamp "generated"
+stamp "generate"; python3 -m cgns.synthetic --out data/demo --workers 12 2>&1 | tail -2; stamp "generated"
 mkdir -p runs
 det() { local name=$1; shift; local t; t=$(left); [ "$t" -gt 20 ] || { echo "== $name skipped (no time)" >> runs/$name.log; return; }
   timeout $t python3 train_detect.py "$@" ${DET_EXTRA:---epochs 30} --data-pct 1 --output-dir runs/$name > runs/$name.log 2>&1; echo "== $name rc $? at $((SECONDS - T0)) s" >> runs/$name.log; }

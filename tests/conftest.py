@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def test_world(tmp_path_factory):
-    """Path of a world made with cgns.data.synthetic.generate(preset='test', seed=0): one folder per data set
+    """Path of a world made with cgns.synthetic.generate(preset='test', seed=0): one folder per data set
     (mimic_cxr, chexpert, rsna, covidx, siim, object_cxr), each with ground_truth.json. Read-only for tests:
     copy a data set folder first if a test must modify it."""
-    from cgns.data.synthetic import generate
+    from cgns.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("world"), preset="test", seed=0)
 

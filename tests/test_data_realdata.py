@@ -110,7 +110,7 @@ def test_real_masks_through_siim_layout(tmp_path):
     as two run-length rows per image: the decoded union equals the masks (left and right lungs are not mirror
     images, so a row-major/column-major mix-up would show)."""
     from cgns.data.sources import siim
-    from cgns.data.synthetic_files import write_dicom
+    from cgns.synthetic.files import write_dicom
 
     root = tmp_path / "siim"
     lines, truth = ["ImageId, EncodedPixels"], {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cgns.engine.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
+from cgns.distributed import DistInfo, ResumableSampler, cleanup_distributed, init_distributed
 from cgns.engine.pretrain import LoopConfig, Pretrainer
 from test_pretrain_standins import StandInModel, StandInPairs
 

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cgns.losses.clustering import ClusterNegativeSampler
-from cgns.losses.distributed import local_losses
+from cgns.distributed import local_losses
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
 from cgns.losses.reconstruction import reconstruction_loss
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cgns.engine import checkpoint as ckpt
-from cgns.engine.distributed import DistInfo
+from cgns.distributed import DistInfo
 from cgns.engine.pretrain import LoopConfig, NonFiniteLossError, Pretrainer
 from test_pretrain_standins import StandInModel, StandInPairs
 

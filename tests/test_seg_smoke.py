@@ -8,7 +8,7 @@ import json
 import pytest
 
 import train_seg
-from cgns.data.synthetic import generate
+from cgns.synthetic import generate
 
 
 @pytest.fixture(scope="module")

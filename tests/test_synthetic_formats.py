@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from cgns.data.synthetic import DATASETS, ensure_demo, generate, main
+from cgns.synthetic import DATASETS, ensure_demo, generate, main
 
 CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
                     "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
@@ -256,7 +256,7 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
 
 def test_ensure_demo_reuses_a_complete_world(tmp_path, monkeypatch):
     """ensure_demo generates only what is missing and returns the data set folder without regenerating."""
-    import cgns.data.synthetic as synthetic
+    import cgns.synthetic as synthetic
 
     calls = []
 
@@ -278,7 +278,7 @@ def test_ensure_demo_reuses_a_complete_world(tmp_path, monkeypatch):
 def test_ensure_demo_regenerates_a_stale_world(tmp_path, monkeypatch, capsys):
     """A data set written with other counts (an older checkout's demo world) is regenerated, and says why;
     the up-to-date ones are kept."""
-    import cgns.data.synthetic as synthetic
+    import cgns.synthetic as synthetic
 
     calls = []
 
@@ -306,7 +306,7 @@ def test_ensure_demo_regenerates_a_stale_world(tmp_path, monkeypatch, capsys):
 
 def test_ensure_demo_is_safe_when_two_processes_race(tmp_path):
     """Two processes asking for the demo world at once: it is generated once, and both get a complete copy."""
-    code = ("import sys; from cgns.data.synthetic import ensure_demo; "
+    code = ("import sys; from cgns.synthetic import ensure_demo; "
             "print(ensure_demo(sys.argv[1], sys.argv[2], preset='test'))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code, dataset, str(tmp_path)], env=env, text=True,
@@ -324,8 +324,8 @@ def test_reports_show_the_real_irregularities():
     lists, and reports with neither FINDINGS nor IMPRESSION whose last paragraph holds the findings."""
     import re
 
-    from cgns.data.synthetic_cases import sample_case
-    from cgns.data.synthetic_reports import write_report
+    from cgns.synthetic.cases import sample_case
+    from cgns.synthetic.reports import write_report
 
     texts, fallbacks = [], 0
     for seed in range(400):

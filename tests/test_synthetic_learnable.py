@@ -13,10 +13,10 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from cgns.data.synthetic import generate
-from cgns.data.synthetic_cases import COMPETITION_LABELS, Case, Finding, sample_anatomy, sample_case
-from cgns.data.synthetic_render import render
-from cgns.data.synthetic_reports import write_report
+from cgns.synthetic import generate
+from cgns.synthetic.cases import COMPETITION_LABELS, Case, Finding, sample_anatomy, sample_case
+from cgns.synthetic.render import render
+from cgns.synthetic.reports import write_report
 
 # DATASETS.md's CheXpert policy: blank -> 0; uncertain -> 1 for these, -> 0 for Cardiomegaly and Consolidation.
 UNCERTAIN_AS_POSITIVE = {"Atelectasis", "Edema", "Pleural Effusion"}

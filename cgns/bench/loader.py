@@ -55,7 +55,7 @@ def images_per_second(dataset, passes: int = 1, min_items: int = 0) -> float:
 
 def _upscale_world(root: Path, dataset: str, long_side: int) -> None:
     """Rewrite every generated image of `dataset` at `long_side` px (content upscaled, format kept)."""
-    from cgns.data.synthetic_files import write_dicom
+    from cgns.synthetic.files import write_dicom
 
     for path in sorted((root / dataset).rglob("*")):
         if path.suffix == ".jpg":
@@ -91,7 +91,7 @@ def _measure(name: str, dataset_name: str, root: Path, cache_dir: Path, note: st
 
 def run(quick: bool = True) -> list[dict]:
     """Rows: images/s of cached vs decode-per-access loading (single process, 224 px training items)."""
-    from cgns.data.synthetic import generate
+    from cgns.synthetic import generate
 
     torch.set_num_threads(1)
     n_jpg, n_dcm, passes = (24, 16, 2) if quick else (96, 64, 3)

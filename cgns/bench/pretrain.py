@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cgns.engine.distributed import DistInfo
+from cgns.distributed import DistInfo
 from cgns.engine.pretrain import LoopConfig, Pretrainer
 
 SENTENCE_TOKENS = 10

@@ -16,7 +16,7 @@ TARGET_IMAGES_PER_S = 1000 / 60
 
 
 def _time_layout(dataset: str, count_key: str, n: int, size: int) -> tuple[float, int]:
-    from cgns.data.synthetic import count_files, generate
+    from cgns.synthetic import count_files, generate
 
     counts = {"chexpert_valid": 1, "covidx_test": 1, "object_cxr_dev": 1, count_key: n}
     with tempfile.TemporaryDirectory() as tmp:
@@ -28,8 +28,8 @@ def _time_layout(dataset: str, count_key: str, n: int, size: int) -> tuple[float
 
 
 def run(quick: bool = False) -> list[dict]:
-    from cgns.data.synthetic_cases import sample_case
-    from cgns.data.synthetic_reports import write_report
+    from cgns.synthetic.cases import sample_case
+    from cgns.synthetic.reports import write_report
 
     n = 100 if quick else 1000
     rows = []

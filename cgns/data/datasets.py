@@ -141,7 +141,7 @@ def build(task: str, dataset: str, split: str, *, data_root: str | os.PathLike |
     (valid/test always whole). tokenizer (pretrain): None -> WordPiece beside the cache, a str -> local BERT folder,
     or a tokenizer object.
     """
-    from cgns.cli import resolve_data_root
+    from cgns.data.roots import resolve_data_root
     from cgns.data.sources import get_source
     from cgns.preprocess import prepare
 

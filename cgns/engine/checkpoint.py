@@ -7,10 +7,11 @@ data (sampler position), tokenizer_dir, ... (see CONTRACTS: run directory).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from cgns.io import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
@@ -22,27 +23,8 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then os.replace: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # make the rename itself durable
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write a checkpoint atomically (cgns.io.atomic_write): a kill never leaves half a file."""
+    return atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -217,7 +217,8 @@ def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, enco
     training maps' spectrum (MapMoments.spectrum: how far from isotropic they are).
     Writes <output_dir>/metrics.json (the fractions, plus "val"/"test" of the largest one) when output_dir is given.
     """
-    from cgns.cli import resolve_data_root, write_metrics
+    from cgns.cli import write_metrics
+    from cgns.data.roots import resolve_data_root
     from cgns.data.datasets import build
     from cgns.engine.features import load_frozen_encoder, sweep_whitening, whitening_candidates
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+
+from cgns.io import atomic_torch_save
 
 LABEL_FILE_SUFFIXES = (".csv", ".txt", ".gz", ".json")
 
@@ -101,14 +102,6 @@ def encode_dataset(encoder: torch.nn.Module, dataset: Dataset, pooling: str, *, 
     return torch.cat(feats), torch.cat(labels)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".feat.", suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def cached_features(encoder: torch.nn.Module, make_dataset, pooling: str, data_spec: dict, *, views: int = 1,
                     cache_dir: Optional[os.PathLike] = None, encoder_hash: Optional[str] = None,
                     batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
@@ -133,7 +126,7 @@ def cached_features(encoder: torch.nn.Module, make_dataset, pooling: str, data_s
     features = torch.stack([f for f, _ in passes])  # [V, N, D]
     labels = passes[0][1]
     if path is not None:
-        _atomic_save({"features": features, "labels": labels, "key": key, "data_spec": data_spec}, path)
+        atomic_torch_save(path, {"features": features, "labels": labels, "key": key, "data_spec": data_spec})
         log(f"features: cached {path.name} ({features.shape[1]} images x {views} view(s))")
     return FeatureSet(features, labels)
 

@@ -188,12 +188,13 @@ def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, en
                     log=print) -> dict:
     """Linear probe for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
 
-    data_root None -> the demo copy (cgns.cli.resolve_data_root). Exactly one of checkpoint / image_weights /
+    data_root None -> the demo copy (cgns.data.roots.resolve_data_root). Exactly one of checkpoint / image_weights /
     random_init. feature_cache: folder of the on-disk feature cache (default <output_dir>/feature_cache; None and
     no output_dir -> in-memory only). augmented_views > 0: the training features are that many augmented passes
     (one per epoch, cycling) instead of one clean pass. Writes <output_dir>/metrics.json when output_dir is given.
     """
-    from cgns.cli import resolve_data_root, write_metrics
+    from cgns.cli import write_metrics
+    from cgns.data.roots import resolve_data_root
 
     if dataset not in TASKS:
         raise ValueError(f"linear classification: unknown dataset '{dataset}' (expected one of {sorted(TASKS)})")

@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cgns.engine import checkpoint as ckpt
-from cgns.engine.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
+from cgns.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
                                      is_distributed, rng_state, set_rng_state)
 from cgns.engine.logging import RunLogger, Throughput
 from cgns.engine.schedule import lr_at, set_lr

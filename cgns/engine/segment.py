@@ -206,7 +206,8 @@ def run_segmentation(dataset: str, *, data_root: Optional[os.PathLike] = None, e
       loss) is tested; "whitening" records every candidate's validation Dice and the training maps' spectrum
       (MapMoments.spectrum: how far from isotropic they are).
     Writes <output_dir>/metrics.json (plus top-level val/test of the largest fraction) and overlay PNGs."""
-    from cgns.cli import resolve_data_root, write_metrics
+    from cgns.cli import write_metrics
+    from cgns.data.roots import resolve_data_root
     from cgns.data.datasets import build
     from cgns.engine.linear import pct_key
 

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from cgns.engine.distributed import all_gather_cat
+from cgns.distributed import gather_rows
 
 KS = (1, 5, 10)
 
@@ -56,7 +56,7 @@ def embed_split(model, loader, device, autocast=contextlib.nullcontext) -> tuple
     image = torch.cat(images) if images else torch.zeros(0, dim, device=device)
     text = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
     index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
-    image, text, index = all_gather_cat(image), all_gather_cat(text), all_gather_cat(index)
+    image, text, index = (gather_rows(t, with_grad=False)[0] for t in (image, text, index))
     order = torch.argsort(index, stable=True)
     index, image, text = index[order], image[order], text[order]
     keep = torch.ones_like(index, dtype=torch.bool)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cgns.losses.distributed import all_reduce_sum, gather_rows, global_mean
+from cgns.distributed import all_reduce_sum, gather_rows, global_mean
 from cgns.losses.local_alignment import sentence_logits
 from cgns.ops import kmeans_assign, kmeans_update, momentum_update
 

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cgns.losses.distributed import gather_rows, global_mean
+from cgns.distributed import gather_rows, global_mean
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: keeps a learnable temperature from collapsing
 

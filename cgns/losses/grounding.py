@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cgns.losses.distributed import gather_rows, global_mean
+from cgns.distributed import gather_rows, global_mean
 
 
 def grounding_attention(sentences: torch.Tensor, patches: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cgns.losses.distributed import gather_rows, global_mean
+from cgns.distributed import gather_rows, global_mean
 
 
 class Predictor(nn.Sequential):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cgns.losses.distributed import global_mean
+from cgns.distributed import global_mean
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, weight: float = 10.0) -> dict:

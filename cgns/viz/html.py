@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cgns.io import atomic_write_text
+
 STYLE = """
 body { font-family: sans-serif; margin: 24px auto; max-width: 1300px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
@@ -101,7 +103,4 @@ def render_page(title: str, sections: list[Section], path: Path) -> Path:
         parts.extend(_render_item(item, page_dir) for item in section.items)
     parts.append("</body></html>")
     page_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(parts))

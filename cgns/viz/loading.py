@@ -45,7 +45,7 @@ def model_from_checkpoint(state: dict, path: Path, device: str = "cpu") -> torch
 def load_run(run_dir: str | Path, *, device: str = "cpu", data_root: str | Path | None = None,
              checkpoint: str | Path | None = None) -> LoadedRun:
     """The run's model and validation set, built exactly as training built them (image size, cache, tokenizer)."""
-    from cgns.cli import resolve_data_root
+    from cgns.data.roots import resolve_data_root
     from cgns.data.datasets import build
     from cgns.engine.checkpoint import load_checkpoint
 

@@ -1,7 +1,7 @@
 """The generator's truth for MIMIC-CXR sentences, aligned with the dataset's sentences and moved into the pixels
 of the model input.
 
-ground_truth.json (written by cgns.data.synthetic beside a generated data set) holds, per dicom_id, the report's
+ground_truth.json (written by cgns.synthetic beside a generated data set) holds, per dicom_id, the report's
 expected sentences with the finding each names and that finding's region box in ORIGINAL image pixels. Real data
 has no such file; then there is nothing to measure.
 """
@@ -25,7 +25,7 @@ def load_truth(data_root: str | Path | None) -> dict | None:
         return None
     truth = json.loads(path.read_text())
     if "images" not in truth:
-        raise ValueError(f"{path}: no 'images' table (not a MIMIC-CXR ground truth of cgns.data.synthetic)")
+        raise ValueError(f"{path}: no 'images' table (not a MIMIC-CXR ground truth of cgns.synthetic)")
     return truth["images"]
 
 

@@ -1,4 +1,4 @@
-"""Draw a case (synthetic_cases.Case) as a grey chest radiograph, vectorised with numpy grids.
+"""Draw a case (cases.Case) as a grey chest radiograph, vectorised with numpy grids.
 
 Model: an attenuation map A (bright = dense). Soft tissue fills the body; the lungs subtract `0.34 * air`, where
 `air` is the lung's air fraction; every opacity finding (fluid, consolidation, haze) lowers that fraction through
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from cgns.data.synthetic_cases import Case, Finding
+from cgns.synthetic.cases import Case, Finding
 
 EDGE = 0.01  # width of the soft border of anatomical masks, normalised units
 

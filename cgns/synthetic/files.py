@@ -105,15 +105,3 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, sop_uid: str,
         ds.WindowWidth = f"{max_value + 1}"
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     ds.save_as(path, enforce_file_format=True)
-
-
-def rle_encode(mask: np.ndarray) -> str:
-    """SIIM's relative run-length code of a bool mask [H, W]: column-major order, pairs (gap since the end of the
-    previous run, run length); '' for an empty mask."""
-    flat = np.concatenate([[0], mask.T.reshape(-1).astype(np.int8), [0]])
-    change = np.flatnonzero(np.diff(flat))
-    starts, ends = change[0::2], change[1::2]
-    lengths = ends - starts
-    prev_end = np.concatenate([[0], ends[:-1]])
-    gaps = starts - prev_end
-    return " ".join(f"{g} {n}" for g, n in zip(gaps, lengths))

@@ -1,7 +1,7 @@
 """What a generated patient has: anatomy parameters and findings (with side, zone, severity, certainty).
 
-A case is drawn once from a seeded numpy Generator and then rendered (synthetic_render.py), described in a report
-(synthetic_reports.py) and written into a data set's layout (synthetic_writers.py); the three read the same case,
+A case is drawn once from a seeded numpy Generator and then rendered (render.py), described in a report
+(reports.py) and written into a data set's layout (writers.py); the three read the same case,
 which is what makes the ground truth exact.
 
 Sides are the PATIENT's: 'right' is drawn on the image's left half (radiological convention).

@@ -1,4 +1,6 @@
-"""One short torch.distributed set-up: reads torchrun's environment, falls through to a single process.
+"""Everything cross-rank, in one place: torchrun set-up, collectives for the loop and the losses, seeding, RNG state,
+and the resumable sampler. Every collective falls through to single-process arithmetic when torch.distributed is
+not initialised (or inside `local_losses()`).
 
 Launch with `torchrun --nproc_per_node=G train_pretrain.py ...` (nccl on GPU, gloo on CPU) or plain `python`.
 """
@@ -6,11 +8,13 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,23 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)
 
 
+_local_only = [False]
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when collectives are to be issued: a process group of more than one rank, outside `local_losses()`."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not _local_only[0]
+
+
+@contextmanager
+def local_losses():
+    """Inside this block nothing issues collectives (for a forward run on one rank only, e.g. rank-0 evaluation);
+    outside it every rank must call the model's forward together."""
+    previous, _local_only[0] = _local_only[0], True
+    try:
+        yield
+    finally:
+        _local_only[0] = previous
 
 
 def cleanup_distributed() -> None:
@@ -60,33 +79,60 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks in place (a no-op in a single process); returns the tensor."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    """Sum over ranks, no gradient: a new tensor (the input itself, untouched, in a single process)."""
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
 
 def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return tensor
-
-
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate [n_r, ...] tensors of every rank along dim 0 (ranks may hold different n_r). No gradient."""
+    """Minimum over ranks, no gradient: a new tensor (the input itself in a single process)."""
     if not is_distributed():
         return tensor
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    # all_gather needs equal shapes: pad to the longest, cut back afterwards
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(n.item())] for part, n in zip(parts, sizes)])
+    low = tensor.detach().clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return low
+
+
+def gather_rows(rows: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
+    """Every rank's rows, in rank order, and where this rank's rows start: rows [n,...] -> ([N,...], offset).
+
+    Ranks may hold different n (sentences per batch vary): rows are padded to the largest n for the collective and
+    the padding is cut off again. with_grad uses torch.distributed.nn.all_gather, whose backward returns to each rank
+    the gradient that every rank's loss sends to its rows.
+    """
+    if not is_distributed():
+        return rows, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]                          # a shape, so a host sync is unavoidable
+    longest = max(sizes)
+    padded = torch.cat([rows, rows.new_zeros(longest - rows.shape[0], *rows.shape[1:])]) if longest > rows.shape[0] \
+        else rows
+    if with_grad:
+        parts = dist_nn.all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.detach())
+    gathered = torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return gathered, sum(sizes[:rank])
+
+
+def global_mean(local_sum: torch.Tensor, local_count) -> torch.Tensor:
+    """This rank's share of a mean over all ranks' items: world * local_sum / total_count.
+
+    DDP averages gradients over the W ranks, so the shares give exactly the gradient of the mean over the global
+    batch (as one process on the whole batch would), even when ranks hold different numbers of items. The value on
+    one rank is its share; the mean over ranks is the global mean. An empty total gives 0.
+    """
+    count = torch.as_tensor(local_count, dtype=torch.float32, device=local_sum.device)
+    if not is_distributed():
+        return local_sum / count.clamp(min=1.0)
+    return dist.get_world_size() * local_sum / all_reduce_sum(count).clamp(min=1.0)
 
 
 def broadcast_object(obj, src: int = 0):

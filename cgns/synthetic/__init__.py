@@ -4,8 +4,8 @@ Real data sets need credentialed downloads, so the demo, the tests and the bench
 faithful in FORMAT (the exact layouts of DATASETS.md, read by the same loaders as real data) and LEARNABLE in
 CONTENT (findings drawn with location and severity, described by MIMIC-style reports).
 
-    python -m cgns.data.synthetic --out data/demo --preset demo
-    python -m cgns.data.synthetic --out /tmp/w --datasets chexpert siim --preset test --n-chexpert 200
+    python -m cgns.synthetic --out data/demo --preset demo
+    python -m cgns.synthetic --out /tmp/w --datasets chexpert siim --preset test --n-chexpert 200
 
 Each data set folder also holds ground_truth.json (and ground_truth_masks.npz where masks exist): the generator's
 truth, which loaders ignore and tests compare against. Its "images" table is keyed by the data set's own id
@@ -21,8 +21,8 @@ each entry has "file" (relative to the data set folder), "height", "width" (pixe
     siim: positive, parts, photometric, mask; object_cxr: objects [{type, coords, box}], boxes.
 Masks (bool [height, width]) are np.load(ground_truth_masks.npz)[mask id].
 
-Pieces: synthetic_cases (what a patient has), synthetic_render (drawing), synthetic_reports (report text and
-labels), synthetic_writers (the six layouts), synthetic_files (byte-deterministic file formats).
+Pieces: cases (what a patient has), render (drawing), reports (report text and
+labels), writers (the six layouts), files (byte-deterministic file formats).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgns.data.synthetic_writers import WRITERS
+from cgns.synthetic.writers import WRITERS
 
 DATASETS = ("mimic_cxr", "chexpert", "rsna", "covidx", "siim", "object_cxr")
 GENERATOR_VERSION = 2  # 2: fainter pneumothorax and consolidation
@@ -192,7 +192,7 @@ def count_files(folder: Path) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("python -m cgns.data.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser("python -m cgns.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder; one sub-folder per data set")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--seed", type=int, default=0)
@@ -236,6 +236,3 @@ def main(argv=None) -> dict:
           f"  -> {out}")
     return summary
 
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cgns.data.synthetic_cases import CHEXPERT_LABELS, Case, Finding
+from cgns.synthetic.cases import CHEXPERT_LABELS, Case, Finding
 
 
 @dataclass

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cgns.data.synthetic_cases import CHEXPERT_LABELS, Case, sample_case
-from cgns.data.synthetic_files import label_cell, rle_encode, save_image, uid, write_csv, write_dicom
-from cgns.data.synthetic_render import Rendered, render
-from cgns.data.synthetic_reports import expected_sentences, tokens, write_report
+from cgns.synthetic.cases import CHEXPERT_LABELS, Case, sample_case
+from cgns.data.rle import rle_encode
+from cgns.synthetic.files import label_cell, save_image, uid, write_csv, write_dicom
+from cgns.synthetic.render import Rendered, render
+from cgns.synthetic.reports import expected_sentences, tokens, write_report
 
 DATASET_IDS = {"mimic_cxr": 1, "chexpert": 2, "rsna": 3, "covidx": 4, "siim": 5, "object_cxr": 6}
 MIMIC_LABEL_ORDER = sorted(CHEXPERT_LABELS)
