@@ -29,8 +29,9 @@ def _run(info: DistInfo, out_dir, shards: int, shard: int):
     torch.manual_seed(0)
     model = StandInModel(dropout=0.0)
     cfg = LoopConfig(batch_size=MICRO * 2 // shards, accum_steps=ACCUM, lr=1e-6, log_every=1, validate=False,
-                     progress_bar=False)
-    trainer = Pretrainer(model, StandInPairs(n=64), None, None, cfg, info, out_dir, model.config)
+                     progress=False, amp="none")
+    trainer = Pretrainer(model, train_set=StandInPairs(n=64), val_set=None, collate_fn=None, cfg=cfg, info=info,
+                         output_dir=out_dir, model_config=model.config)
     grads, real_step = [], trainer.optimizer.step
 
     def capture(*args, **kwargs):
@@ -80,8 +81,9 @@ def _nan_on_one_rank(info, out_dir):
     torch.manual_seed(0)
     model = SometimesNaN({3} if info.rank == 1 else set())  # forward call 3 = first micro-batch of step 2
     cfg = LoopConfig(batch_size=4, accum_steps=2, lr=1e-3, stage1_epochs=1, stage2_epochs=0, max_steps=2,
-                     validate=False, progress_bar=False)
-    trainer = Pretrainer(model, StandInPairs(n=40), None, None, cfg, info, out_dir, model.config)
+                     validate=False, progress=False, amp="none")
+    trainer = Pretrainer(model, train_set=StandInPairs(n=40), val_set=None, collate_fn=None, cfg=cfg, info=info,
+                         output_dir=out_dir, model_config=model.config)
     trainer.cfg.max_steps = 1
     trainer.fit()
     after_one = {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgns.losses.clustering import (ClusterNegativeSampler, greedy_chain, hard_negative_cross_entropy, margin_loss,
-                                    weighted_logits)
+from cgns.losses.clustering import ClusterNegativeSampler, greedy_chain, hard_negative_cross_entropy, margin_loss
 
 
 def pairs(n=16, dim=8, seed=0, aligned=False):
@@ -43,18 +42,49 @@ def test_greedy_chain_picks_the_least_similar_unpicked_point():
     assert len(set(chosen)) == 4                                  # k distinct points of the batch
 
 
-@pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_momentum_update_sum_or_mean_and_untouched_centroids_keep_value(mode):
-    sampler = ClusterNegativeSampler(2, num_clusters=3, lr=0.5, mode=mode)
+def test_momentum_update_from_member_sums_and_untouched_centroids_keep_value():
+    sampler = ClusterNegativeSampler(2, num_clusters=3, lr=0.5)
     sampler.centroids.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     points = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0]])   # two near centroid 0, one near 1, none near 2
     counts = sampler.update(F.normalize(points, dim=-1))
     assert counts.tolist() == [2, 1, 0]
     unit = F.normalize(points, dim=-1)
-    target0 = unit[:2].sum(0) if mode == "sum" else unit[:2].mean(0)
+    target0 = unit[:2].sum(0)
     torch.testing.assert_close(sampler.centroids[0], 0.5 * target0 + 0.5 * torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(sampler.centroids[1], 0.5 * unit[2] + 0.5 * torch.tensor([0.0, 1.0]))
     assert torch.equal(sampler.centroids[2], torch.tensor([-1.0, 0.0]))
+
+
+def test_update_moves_by_the_sampler_rate_not_one_minus_it():
+    """lr 0.1 (at 0.5, lr and 1 - lr are the same number): new = 0.1 * S + 0.9 * old with S the member sum, written
+    out by hand. Centroid 0 gets (1, 0) and (0.8, 0.6), so S = (1.8, 0.6); centroid 1 gets (0, 1); 2 gets none."""
+    sampler = ClusterNegativeSampler(2, num_clusters=3, lr=0.1)
+    sampler.centroids.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    counts = sampler.update(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))
+    assert counts.tolist() == [2, 1, 0]
+    torch.testing.assert_close(sampler.centroids, torch.tensor([[0.1 * 1.8 + 0.9, 0.1 * 0.6], [0.0, 1.0],
+                                                                [-1.0, 0.0]]))
+
+
+def test_update_uses_the_all_reduced_sums_and_counts(monkeypatch):
+    """One process standing in for two identical ranks: the all-reduce is patched to double what it gets, so the
+    update must move by the doubled sums and return the doubled counts (the global cluster sizes)."""
+    import cgns.losses.clustering as clustering
+
+    reduced = []
+
+    def two_identical_ranks(tensor):
+        reduced.append(tuple(tensor.shape))
+        return tensor * 2
+
+    monkeypatch.setattr(clustering, "all_reduce_sum", two_identical_ranks)
+    sampler = ClusterNegativeSampler(2, num_clusters=3, lr=0.1)
+    sampler.centroids.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    counts = sampler.update(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))
+    assert counts.tolist() == [4, 2, 0] and (3, 2) in reduced and (3,) in reduced
+    # S = 2 x the local sums: centroid 0 -> 0.1 * (3.6, 1.2) + 0.9 * (1, 0), centroid 1 -> 0.1 * (0, 2) + 0.9 * (0, 1)
+    torch.testing.assert_close(sampler.centroids, torch.tensor([[0.1 * 3.6 + 0.9, 0.1 * 1.2], [0.0, 0.1 * 2.0 + 0.9],
+                                                                [-1.0, 0.0]]))
 
 
 def test_eval_freezes_the_state_and_state_dict_round_trips():
@@ -76,38 +106,32 @@ def test_eval_freezes_the_state_and_state_dict_round_trips():
     assert torch.equal(again["false_negative"], losses["false_negative"])
 
 
-def test_add_weighting_changes_only_the_hard_negative_columns():
-    z1, z2 = pairs(aligned=False)
-    by_mode = {}
-    for mode in ("multiply", "add"):
-        sampler = ClusterNegativeSampler(8, num_clusters=4, weighting=mode)
-        sampler.centroids.copy_(F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(3)), dim=-1))
-        sampler.started.fill_(True)
-        by_mode[mode] = sampler.eval()(z1, z2)[0]["local_text"]
-    # hand computation of the 'add' form: in-batch cosines + (own hard negative cosine + log 3)
-    sampler.eval()
-    unit1, unit2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
-    hard = F.normalize(sampler.centroids[torch.topk(unit1 @ F.normalize(sampler.centroids, dim=-1).T, 2).indices[:, 1]],
-                       dim=-1)
-    logits = torch.cat([unit1 @ unit2.T, ((unit1 * hard).sum(1) + math.log(3.0))[:, None]], dim=1)
-    torch.testing.assert_close(by_mode["add"], F.cross_entropy(logits, torch.arange(16)))
-    assert not torch.allclose(by_mode["add"], by_mode["multiply"])
-
-
 def test_margin_loss_is_zero_inside_the_band_and_linear_outside():
     delta = torch.tensor([-0.6, -0.5, -0.3, -0.2, 0.0])
     torch.testing.assert_close(margin_loss(delta, 0.2, 0.5), torch.tensor([0.1, 0.0, 0.0, 0.0, 0.2]))
 
 
-@pytest.mark.parametrize("mode", ["multiply", "add"])
-def test_hard_negative_cross_entropy_equals_the_extended_matrix(mode):
-    """The fused logsumexp form equals cross-entropy over weighted_logits' [n,2N] matrix, value and gradient."""
+def original_extended_logits(logits, hard_negative_cosine, hard_negative_weight):
+    """The original's explicit [n,2N] matrix, built entry by entry: the in-batch logits with weight 1, then N
+    appended columns holding cos(z1_i, hard negative of i) in i's own column (weight hard_negative_weight) and
+    weight 0 elsewhere."""
+    n, columns = logits.shape
+    rows = []
+    for i in range(n):
+        weights = [1.0] * columns + [hard_negative_weight if j == i else 0.0 for j in range(columns)]
+        values = list(logits[i]) + [hard_negative_cosine[i] if j == i else logits.new_zeros(()) for j in range(columns)]
+        rows.append(torch.stack([w * v for w, v in zip(weights, values)]))
+    return torch.stack(rows)
+
+
+def test_hard_negative_cross_entropy_equals_the_extended_matrix():
+    """The fused logsumexp form equals cross-entropy over the original's [n,2N] matrix, value and gradient."""
     generator = torch.Generator().manual_seed(3)
-    logits = (torch.rand(6, 9, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
+    logits = (torch.rand(6, 6, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
     hard = (torch.rand(6, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
-    labels = torch.tensor([0, 2, 3, 5, 7, 8])
-    fused = hard_negative_cross_entropy(logits, hard, labels, 3.0, mode)
-    reference = F.cross_entropy(weighted_logits(logits, hard, labels, 3.0, mode), labels, reduction="sum")
+    labels = torch.arange(6)
+    fused = hard_negative_cross_entropy(logits, hard, labels, 3.0)
+    reference = F.cross_entropy(original_extended_logits(logits, hard, 3.0), labels, reduction="sum")
     torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(torch.autograd.grad(fused, (logits, hard)),
                                torch.autograd.grad(reference, (logits, hard)))

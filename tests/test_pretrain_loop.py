@@ -17,11 +17,11 @@ def make_trainer(out_dir, model=None, **overrides):
     model = model or StandInModel()
     torch.manual_seed(1)  # data / dropout randomness
     settings = dict(batch_size=4, accum_steps=2, lr=3e-3, stage1_epochs=2, stage2_epochs=1, warmup_epochs=0.5,
-                    log_every=2, save_every=3, progress_bar=False, validate=False, clip_grad=1.0)
+                    log_every=2, save_every=3, progress=False, amp="none", validate=False, clip_grad=1.0)
     settings.update(overrides)
     cfg = LoopConfig(**settings)
-    return Pretrainer(model, StandInPairs(n=40), StandInPairs(n=12, seed=3, augment=False), None, cfg, SINGLE,
-                      out_dir, model.config)
+    return Pretrainer(model, train_set=StandInPairs(n=40), val_set=StandInPairs(n=12, seed=3, augment=False),
+                      collate_fn=None, cfg=cfg, info=SINGLE, output_dir=out_dir, model_config=model.config)
 
 
 def resume_if_any(trainer, out_dir):

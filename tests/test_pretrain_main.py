@@ -73,21 +73,41 @@ def test_data_pct_and_config_refusal(test_world, tmp_path):
     with pytest.raises(ValueError, match=r"embed_dim: checkpoint=128, now=64"):
         run(test_world, tmp_path, "--data-pct", 0.5, "--stage1-epochs", 1, "--stage2-epochs", 0, "--embed-dim", 64)
     with pytest.raises(SystemExit):
-        run(test_world, tmp_path, "--epochs", 3)  # pretraining has per-stage epochs
+        run(test_world, tmp_path, "--epochs", 3)  # pretraining has per-stage epochs: no such flag
 
 
-def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(test_world, tmp_path):
-    """A field added to CGNSConfig later (absent from an older checkpoint) takes its default; a real difference is
-    still refused."""
-    args = ("--stage1-epochs", 1, "--stage2-epochs", 0, "--max-steps", 1)
-    run(test_world, tmp_path, *args)
-    path = tmp_path / "checkpoints" / "latest.pt"
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    del state["config"]["attention_norm"]
-    torch.save(state, path)
-    run(test_world, tmp_path, *args, "--max-steps", 2)          # resumes: the missing field is its default
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state["config"]["attention_norm"] = "softmax"
-    torch.save(state, path)
-    with pytest.raises(ValueError, match=r"attention_norm: checkpoint='softmax', now='sigmoid'"):
-        run(test_world, tmp_path, *args, "--max-steps", 3)
+def test_the_written_config_reproduces_the_run(test_world, tmp_path, capsys):
+    """config.json holds the resolved configuration; --config FILE runs the same configuration again (flags given
+    explicitly still win), and a field this code does not know is refused by name."""
+    args = ("--stage1-epochs", 1, "--stage2-epochs", 0, "--max-steps", 1, "--num-clusters", 3)
+    first = run(test_world, tmp_path / "first", *args)
+    written = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert written["model"]["num_clusters"] == 3 and written["loop"]["max_steps"] == 1
+    assert written["model"]["text_vocab_size"] > 5 and written["run"]["output_dir"] == str(tmp_path / "first")
+    again = train_pretrain.main(["--config", str(tmp_path / "first" / "config.json"),
+                                 "--output-dir", str(tmp_path / "again")])
+    rewritten = json.loads((tmp_path / "again" / "config.json").read_text())
+    rewritten["run"]["output_dir"] = written["run"]["output_dir"]
+    assert rewritten == written
+    assert again["val"]["retrieval/i2t_R@10"] == first["val"]["retrieval/i2t_R@10"]
+    written["model"]["colour"] = "red"
+    (tmp_path / "bad.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match=r"bad.json: model: unknown field\(s\) colour"):
+        train_pretrain.main(["--config", str(tmp_path / "bad.json")])
+
+
+def test_help_shows_the_chosen_presets_values(capsys):
+    for preset, clusters, lr in (("demo", 16, "0.0003"), ("paper", 128, "1e-05")):
+        with pytest.raises(SystemExit):
+            train_pretrain.main(["--config", preset, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"k-means centroids (k) (default: {clusters})" in text
+        assert f"peak Adam learning rate (default: {lr})" in text
+
+
+def test_presets_are_instances_of_the_run_configuration():
+    from cgns.engine.pretrain_config import PRESETS, PretrainConfig
+
+    assert all(isinstance(preset, PretrainConfig) for preset in PRESETS.values())
+    assert PRESETS["paper"] == PretrainConfig()                  # the dataclasses' defaults are METHOD.md's
+    assert PRESETS["demo"].model.image_size == 64 and PRESETS["demo"].loop.batch_size == 32

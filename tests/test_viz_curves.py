@@ -36,7 +36,8 @@ def write_fake_run(run_dir: Path, steps_per_stage: int = 30, with_cgns: bool = T
                           "retrieval/t2i_R@5": step / 50})
     lines.append({"kind": "event", "step": 0, "stage": 1, "message": "stage 2 starts"})
     (run_dir / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
-    (run_dir / "args.json").write_text(json.dumps({"image_encoder": "vit_tiny", "image_size": 64, "seed": 42}))
+    (run_dir / "config.json").write_text(json.dumps({"model": {"image_encoder": "vit_tiny", "image_size": 64},
+                                                     "loop": {"seed": 42}}))
     (run_dir / "metrics.json").write_text(json.dumps({"val": {"i2t_R@1": 0.5, "t2i_R@1": 0.4}}))
     return run_dir
 

@@ -25,16 +25,17 @@ def tiny_run(test_world, tmp_path_factory):
     valid = build("pretrain", "mimic_cxr", "valid", data_root=root, image_size=IMAGE_SIZE, max_length=64,
                   cache_size=CACHE_SIZE)
     tokenizer = valid.tokenizer
-    config = CGNSConfig.demo(len(tokenizer), image_size=IMAGE_SIZE, max_length=64, embed_dim=32,
-                             text_hidden_size=32, text_num_layers=1, text_num_heads=2, text_max_positions=64,
-                             num_clusters=4, decoder_layers=1, decoder_heads=2, decoder_feedforward=32,
-                             pad_token_id=tokenizer.pad_token_id, tokenizer_dir=str(valid.cache.path / "tokenizer"))
+    config = CGNSConfig(image_encoder="vit_tiny", text_vocab_size=len(tokenizer), image_size=IMAGE_SIZE, max_length=64,
+                        embed_dim=32, text_hidden_size=32, text_layers=1, text_heads=2, text_max_positions=64,
+                        num_clusters=4, decoder_layers=1, decoder_heads=2, decoder_feedforward=32,
+                        pad_token_id=tokenizer.pad_token_id, tokenizer_dir=str(valid.cache.path / "tokenizer"))
     torch.manual_seed(0)
     model = CGNSModel(config)
     # start k-means from random unit vectors, so the cluster panel has centroids to assign to
     model.clustering.initialise(torch.nn.functional.normalize(torch.randn(8, 32), dim=-1))
     run = write_fake_run(tmp_path_factory.mktemp("viz") / "run")
-    (run / "args.json").write_text(json.dumps({"data_root": str(root), "cache_size": CACHE_SIZE, "seed": 42}))
+    (run / "config.json").write_text(json.dumps({"data": {"data_root": str(root), "cache_size": CACHE_SIZE},
+                                                 "loop": {"seed": 42}}))
     save_checkpoint(run / "checkpoints" / "final.pt",
                     {"model": model.state_dict(), "config": config.to_dict(), "stage": 2, "step": 60,
                      "tokenizer_dir": config.tokenizer_dir})

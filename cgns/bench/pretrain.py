@@ -6,6 +6,7 @@ reports peak memory. Inputs are random tensors shaped like real batches (no data
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -35,9 +36,10 @@ def measure(config, batch_size: int, steps: int, warmup: int, device, amp: str, 
     torch.manual_seed(0)
     model = CGNSModel(config)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device), is_main=True)
-    loop = LoopConfig(batch_size=batch_size, lr=1e-5, amp=amp, clip_grad=1.0, progress_bar=False, validate=False,
+    loop = LoopConfig(batch_size=batch_size, lr=1e-5, amp=amp, clip_grad=1.0, progress=False, validate=False,
                       log_every=10**9)
-    trainer = Pretrainer(model, [None] * batch_size, None, None, loop, info, None, config.to_dict())
+    trainer = Pretrainer(model, train_set=[None] * batch_size, val_set=None, collate_fn=None, cfg=loop, info=info,
+                         output_dir=None, model_config=config.to_dict())
     trainer.progress.stage = stage
     batch = fake_batch(batch_size, config.image_size, config.max_length, config.text_vocab_size, device)
     sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
@@ -69,19 +71,18 @@ def _rows(name: str, result: dict, note: str) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from cgns.models.cgns import CGNSConfig
+    from cgns.engine.pretrain_config import DEMO, PAPER
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     rows = []
-    tiny = CGNSConfig.demo(vocab_size=8000, max_length=96)
+    tiny = dataclasses.replace(DEMO.model, text_vocab_size=8000)
     tiny_batch = 64 if cuda else 32
     result = measure(tiny, tiny_batch, steps=3 if quick else 10, warmup=1 if quick else 2, device=device,
                      amp="fp16" if cuda else "none")
-    rows += _rows("tiny (vit_tiny@128 + 2-layer BERT-128, stage 2)", result,
+    rows += _rows("demo (vit_tiny@64 + 2-layer BERT-128, stage 2)", result,
                   f"batch {tiny_batch}, {device}{', fp16' if cuda else ', fp32'}, {torch.get_num_threads()} threads")
-    base = CGNSConfig.base(text_vocab_size=30522, max_length=256, text_hidden_size=768, text_num_layers=12,
-                           text_num_heads=12)
+    base = PAPER.model
     if cuda:
         result = measure(base, 64, steps=5 if quick else 20, warmup=2, device=device, amp="fp16")
         note = "batch 64 per GPU (paper), fp16 autocast + GradScaler, 224 px, 256 tokens"

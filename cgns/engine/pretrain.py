@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from cgns.config import option
 from cgns.engine import checkpoint as ckpt
 from cgns.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
                                      is_distributed, rng_state, set_rng_state)
@@ -32,26 +33,28 @@ RESUME_KEYS = ("seed", "batch_size", "accum_steps", "world_size", "stage1_epochs
 
 @dataclass
 class LoopConfig:
-    """Everything the loop needs from the command line (train_pretrain.py fills it from its flags)."""
-    batch_size: int = 16                 # per process, per micro-batch
-    accum_steps: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 1.0
-    clip_grad: float = 0.0               # 0 = no clipping
-    amp: str = "none"                    # none | bf16 | fp16 (GPU only)
-    stage1_epochs: int = 10
-    stage2_epochs: int = 20
-    stage2_init: str = "last"            # last | best
-    save_every: int = 0                  # optimiser steps between latest.pt saves (0: only at epoch/stage ends)
-    log_every: int = 10
-    max_steps: int = 0                   # stop after this many optimiser steps in all (0: no limit); for tests
-    max_bad_steps: int = 5               # consecutive non-finite losses before the run stops
-    num_workers: int = 0
-    seed: int = 42
-    data_pct: float = 1.0
+    """The loop's settings. Defaults are the paper's (the `paper` preset); fields made with option(...) are flags of
+    train_pretrain.py of the same name (see cgns/engine/pretrain_config.py for the presets)."""
+    seed: int = option(42, "model init seed (all ranks); seed + rank for data order, crops and masking")
+    batch_size: int = option(64, "pairs per process per micro-batch")
+    accum_steps: int = option(1, "micro-batches per optimiser step (DDP no_sync on all but the last)")
+    lr: float = option(1e-5, "peak Adam learning rate")
+    weight_decay: float = option(1e-6, "Adam weight decay")
+    warmup_epochs: float = option(1.0, "linear warm-up from 1e-7 per step, then cosine to 0; per stage")
+    clip_grad: float = option(0.0, "max gradient norm (0: off)")
+    amp: str = option("fp16", "mixed precision (GPU only; fp16 with a GradScaler)", choices=("none", "bf16", "fp16"))
+    stage1_epochs: int = option(10, "epochs of stage 1 (losses 1-3)")
+    stage2_epochs: int = option(20, "epochs of stage 2 (adds CM-MIR); 0 skips it")
+    stage2_init: str = option("last", "stage 2 starts from the end of stage 1 or its best validation checkpoint",
+                              choices=("last", "best"))
+    save_every: int = option(200, "optimiser steps between checkpoints/latest.pt (0: only at epoch/stage ends)")
+    log_every: int = option(10, "optimiser steps between log.jsonl lines")
+    max_steps: int = option(0, "stop after this many optimiser steps in all (0: no limit; the schedule is unchanged)")
+    max_bad_steps: int = option(5, "consecutive non-finite losses before the run stops")
+    num_workers: int = option(0, "DataLoader worker processes")
+    progress: bool = option(True, "tqdm progress bar")
+    data_pct: float = 1.0                # set from the data section (recorded here for the resume check)
     validate: bool = True
-    progress_bar: bool = True
 
 
 @dataclass
@@ -84,16 +87,12 @@ def total_loss(losses: dict) -> torch.Tensor:
 class Pretrainer:
     """Owns model, DDP wrapper, optimiser, scaler, loaders and progress for one pretraining run."""
 
-    def __init__(self, model: torch.nn.Module, train_set, val_set, collate_fn, cfg: LoopConfig, info: DistInfo,
-                 output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None,
-                 upgrade_config=None):
+    def __init__(self, model: torch.nn.Module, *, train_set, val_set, collate_fn, cfg: LoopConfig, info: DistInfo,
+                 output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None):
         self.raw = model.to(info.device)
         self.train_set, self.val_set, self.collate_fn = train_set, val_set, collate_fn
         self.cfg, self.info, self.output_dir = cfg, info, output_dir
         self.model_config = model_config
-        # upgrade_config(saved config dict) -> the same config as this code writes it (fields added since the
-        # checkpoint was written take their defaults), so that an older run still resumes
-        self.upgrade_config = upgrade_config
         self.run_args = dict(run_args or {})
         self.extra_state = dict(extra_state or {})
         self.device = info.device
@@ -172,11 +171,6 @@ class Pretrainer:
         """Continue exactly where the checkpoint left off; refuse one from another configuration."""
         state = ckpt.load_checkpoint(path, map_location="cpu")
         saved_config = state.get("config", {})
-        if self.upgrade_config is not None:
-            try:
-                saved_config = self.upgrade_config(saved_config)
-            except ValueError as error:
-                raise ValueError(f"checkpoint {path}: {error}") from None
         ckpt.check_compatible(path, saved_config, self.model_config, "model configuration")
         current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
                    if k in RESUME_KEYS}
@@ -263,7 +257,7 @@ class Pretrainer:
         batches = iter(self._loader(self.train_set, self.sampler, cfg.batch_size, drop_last=True))
         total_steps = self.steps_per_epoch * self.stage_epochs(p.stage)
         warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        if cfg.progress_bar:
+        if cfg.progress:
             self.logger.start_bar(self.steps_per_epoch, p.batch_in_epoch // cfg.accum_steps,
                                   f"stage {p.stage} epoch {p.epoch + 1}/{self.stage_epochs(p.stage)}")
         self.raw.train()

@@ -17,52 +17,19 @@ from cgns.losses.local_alignment import sentence_logits
 from cgns.ops import kmeans_assign, kmeans_update, momentum_update
 
 
-def hard_negative_weights(labels: torch.Tensor, num_columns: int, hard_negative_weight: float, dtype) -> torch.Tensor:
-    """[n, 2N]: 1 on the N in-batch columns, hard_negative_weight on the anchor's own appended column, 0 elsewhere.
-
-    labels long[n] = the column of each anchor's own pair; built in one shot (the original built it from Python
-    lists every step).
-    """
-    own = F.one_hot(labels, num_columns).to(dtype)                                 # [n,N]
-    return torch.cat([torch.ones_like(own), hard_negative_weight * own], dim=1)
-
-
-def weighted_logits(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, labels: torch.Tensor,
-                    hard_negative_weight: float, mode: str) -> torch.Tensor:
-    """logits [n,N] (cosines), hard_negative_cosine [n] -> [n,2N] logits with the hard negatives appended.
-
-    The explicit matrix, as the original builds it; training uses hard_negative_cross_entropy, which the tests
-    check against cross-entropy over this.
-
-    Appended column j of row i holds cos(z1_i, hard negative of i) when j is i's own column, else 0 (the original
-    computes every cos(z1_i, hn_j) and then weighs all but its own by 0). mode 'multiply' multiplies by the
-    weights (the original); 'add' adds their logarithm (ClusterNS), which drops the zero-weight columns entirely.
-    """
-    own = F.one_hot(labels, logits.shape[1]).to(logits.dtype)                      # [n,N]
-    extended = torch.cat([logits, own * hard_negative_cosine[:, None]], dim=1)     # [n,2N]
-    weights = hard_negative_weights(labels, logits.shape[1], hard_negative_weight, logits.dtype)
-    if mode == "multiply":
-        return extended * weights
-    if mode == "add":
-        return extended + weights.log()                                            # log 0 = -inf: column dropped
-    raise ValueError(f"hard-negative weighting must be 'multiply' or 'add', got {mode!r}")
-
-
 def hard_negative_cross_entropy(logits: torch.Tensor, hard_negative_cosine: torch.Tensor, labels: torch.Tensor,
-                                hard_negative_weight: float, mode: str) -> torch.Tensor:
-    """Summed cross-entropy of weighted_logits(...) against labels, without building the [n,2N] matrix.
+                                hard_negative_weight: float) -> torch.Tensor:
+    """Summed cross-entropy of the original's extended [n,2N] logits against labels, without building them.
 
-    The appended block adds, per row, its own column (weight * h in 'multiply', h + log(weight) in 'add') and in
-    'multiply' N-1 columns of logit 0; logsumexp over the row = logsumexp of [lse(in-batch), own, log(N-1)].
+    The original appends N columns to each row of the in-batch logits [n,N]: column j holds cos(z1_i, hard negative
+    of i) when j is i's own column, else 0, and multiplies the whole [n,2N] matrix by weights that are 1 on the
+    in-batch block, hard_negative_weight on the own appended column and 0 elsewhere. Per row that adds its own
+    column (weight * h) and N-1 columns of logit 0: logsumexp over the row = logsumexp of [lse(in-batch), weight *
+    h, log(N-1)]. (tests/test_losses_clustering.py checks this against cross-entropy over the explicit matrix.)
     """
     positive = logits.gather(1, labels[:, None])[:, 0]                                  # [n]
-    if mode == "multiply":
-        others = math.log(logits.shape[1] - 1) if logits.shape[1] > 1 else -math.inf
-        parts = [hard_negative_weight * hard_negative_cosine, torch.full_like(hard_negative_cosine, others)]
-    elif mode == "add":
-        parts = [hard_negative_cosine + math.log(hard_negative_weight)]
-    else:
-        raise ValueError(f"hard-negative weighting must be 'multiply' or 'add', got {mode!r}")
+    others = math.log(logits.shape[1] - 1) if logits.shape[1] > 1 else -math.inf
+    parts = [hard_negative_weight * hard_negative_cosine, torch.full_like(hard_negative_cosine, others)]
     row = torch.logsumexp(torch.stack([torch.logsumexp(logits, dim=1), *parts], dim=1), dim=1)
     return (row - positive).sum()
 
@@ -102,17 +69,15 @@ class ClusterNegativeSampler(nn.Module):
     sentence in one cluster, so every pair a "false negative" and one shared "hard negative".
     """
 
-    def __init__(self, dim: int, num_clusters: int = 128, lr: float = 1e-3, mode: str = "sum",
-                 start_cosine: float = 0.4, hard_negative_weight: float = 3.0, weighting: str = "multiply",
-                 alpha: float = 0.2, beta: float = 0.5, false_negative_weight: float = 1e-4,
-                 temperature: float = 1.0, seed: int = 0, reseed_share: float = 0.0):
+    def __init__(self, dim: int, *, num_clusters: int = 128, lr: float = 1e-3, start_cosine: float = 0.4,
+                 hard_negative_weight: float = 3.0, alpha: float = 0.2, beta: float = 0.5,
+                 false_negative_weight: float = 1e-4, temperature: float = 1.0, seed: int = 0,
+                 reseed_share: float = 0.0):
         super().__init__()
         if num_clusters < 2:
             raise ValueError(f"CGNS needs at least 2 clusters (nearest and second-nearest), got {num_clusters}")
-        if mode not in ("sum", "mean") or weighting not in ("multiply", "add"):
-            raise ValueError(f"k-means mode must be sum|mean and weighting multiply|add, got {mode!r}, {weighting!r}")
-        self.num_clusters, self.lr, self.mode = num_clusters, lr, mode
-        self.start_cosine, self.hard_negative_weight, self.weighting = start_cosine, hard_negative_weight, weighting
+        self.num_clusters, self.lr = num_clusters, lr
+        self.start_cosine, self.hard_negative_weight = start_cosine, hard_negative_weight
         self.alpha, self.beta, self.false_negative_weight = alpha, beta, false_negative_weight
         self.temperature, self.seed = temperature, seed
         if not 0 <= reseed_share <= 1:
@@ -123,11 +88,6 @@ class ClusterNegativeSampler(nn.Module):
         self.register_buffer("started_step", torch.full((), -1, dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("reseeds", torch.zeros((), dtype=torch.long))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the reseed counter existed load with a count of 0
-        state_dict.setdefault(prefix + "reseeds", torch.zeros((), dtype=torch.long))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def seed_centroids(self, points_all: torch.Tensor) -> None:
@@ -153,7 +113,7 @@ class ClusterNegativeSampler(nn.Module):
         nearest = kmeans_assign(points, self.centroids)[0][:, 0]
         sums, counts = kmeans_update(points, nearest, self.num_clusters)
         sums, counts = all_reduce_sum(sums), all_reduce_sum(counts)
-        self.centroids.copy_(momentum_update(self.centroids, sums, counts, lr=self.lr, mode=self.mode))
+        self.centroids.copy_(momentum_update(self.centroids, sums, counts, lr=self.lr))
         return counts
 
     def forward(self, sentences: torch.Tensor, image_to_sentence: torch.Tensor):
@@ -190,7 +150,7 @@ class ClusterNegativeSampler(nn.Module):
         hard_negative = F.normalize(self.centroids[assignment[:, 1]], dim=-1)                # [n,D], no gradient
         hard_negative_cosine = (z1 * hard_negative.to(z1.dtype)).sum(dim=-1)                 # [n]
         loss = hard_negative_cross_entropy(logits, hard_negative_cosine / self.temperature, labels,
-                                           self.hard_negative_weight, self.weighting)
+                                           self.hard_negative_weight)
 
         # False negatives: pairs whose z1 share the nearest centroid, the anchor's own pair excluded.
         cluster = assignment[:, 0]

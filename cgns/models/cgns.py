@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cgns.config import from_dict, option
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
 from cgns.losses.grounding import grounding_attention, grounding_loss
@@ -25,113 +26,85 @@ from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_enco
 from cgns.models.text import TextEncoder, sentence_attention_mask
 
 
-ATTENTION_SCALES = ("sqrt_d", "learnable")  # cross-attention scores (CGNSConfig.attention_scale)
-ATTENTION_NORMS = ("sigmoid", "softmax")     # cross-attention weights (CGNSConfig.attention_norm)
 ATTENTION_KINDS = ("cross", "grounding")     # which attention the visual report maps (CGNSModel.local_attention)
-GROUNDING_CONTEXTS = ("sentence", "report")  # what the grounding term's sentence features see
 
 
 @dataclass
 class CGNSConfig:
+    """The model's settings. Defaults are METHOD.md's (the `paper` preset); the `demo` preset is another instance
+    (cgns/engine/pretrain_config.py). Fields made with option(...) are flags of train_pretrain.py of the same name;
+    the others are filled in by the code (vocabulary, padding id, tokenizer folder, k-means seed)."""
     # image side
-    image_encoder: str = "vit_base"
-    image_size: int = 224
-    image_weights: str | None = None         # timm / torchvision state dict loaded at construction (strict)
+    image_encoder: str = option("vit_base", "image encoder (patch 16 ViTs or ResNet-50)", choices=ENCODER_NAMES)
+    image_size: int = option(224, "crop fed to the image encoder (px)")
+    image_weights: str | None = option(None, "timm ViT / DeiT / torchvision ResNet-50 state dict, loaded strictly")
     # text side: a local BERT folder, or a random BERT of the sizes below
-    text_encoder: str | None = None
+    text_encoder: str | None = option(None, "local BERT folder (e.g. Bio_ClinicalBERT); none: a random BERT")
+    text_hidden_size: int = option(768, "random BERT width (ignored with --text-encoder)")
+    text_layers: int = option(12, "random BERT depth (ignored with --text-encoder)")
+    text_heads: int = option(12, "random BERT attention heads (ignored with --text-encoder)")
+    max_length: int = option(256, "tokens per report")
     text_vocab_size: int = 30522
-    text_hidden_size: int = 768
-    text_num_layers: int = 12
-    text_num_heads: int = 12
     text_max_positions: int = 512
     pad_token_id: int = 0
-    max_length: int = 256                    # tokens per report (kept here so checkpoints record it)
     tokenizer_dir: str | None = None
     # shared space and heads
-    embed_dim: int = 768
+    embed_dim: int = option(768, "shared projection width")
     pool_heads: int = 8
     temperature: float = 0.1                 # global InfoNCE, learnable (logit scale initialised at 1/temperature)
     local_temperature: float = 1.0
     # CGNS
-    num_clusters: int = 128
+    num_clusters: int = option(128, "k-means centroids (k)")
     kmeans_lr: float = 1e-3
-    kmeans_mode: str = "sum"                 # 'sum' (the original) | 'mean'
     kmeans_start_cosine: float = 0.4
-    kmeans_reseed_share: float = 0.0         # 0: off (the original); see ClusterNegativeSampler
+    kmeans_reseed_share: float = option(0.0, "re-initialise the centroids when one holds more than this share of "
+                                             "a step's sentences (0: never, the original)")
     hard_negative_weight: float = 3.0
-    hard_negative_mode: str = "multiply"     # 'multiply' (the original) | 'add' (log-weights, ClusterNS)
     false_negative_alpha: float = 0.2
     false_negative_beta: float = 0.5
     false_negative_weight: float = 1e-4
-    kmeans_seed: int = 0
+    kmeans_seed: int = 0                     # set to the run's seed
     # CM-MIR
     mir_drop: float = 0.5
     mir_weight: float = 10.0
-    decoder_layers: int = 6
-    decoder_heads: int = 8
-    decoder_feedforward: int = 2048
+    decoder_layers: int = option(6, "CM-MIR decoder layers (independent, batch-first)")
+    decoder_heads: int = option(8, "CM-MIR decoder attention heads")
+    decoder_feedforward: int = option(2048, "CM-MIR decoder feed-forward width")
     # weights on the local terms: loss 2 (local_image, SimSiam) and loss 3 (local_text + false_negative).
     # METHOD.md's 1.0 assumes pretrained encoders. From random init the SimSiam term collapses the patch tokens
     # within ~100 steps at weight 1 and drags the global alignment down with it; the CPU demo lowers it.
-    local_image_weight: float = 1.0
-    local_text_weight: float = 1.0
-    # cross-attention scores: 'sqrt_d' = q.k / sqrt(D) (METHOD.md, the original). Its inputs are L2-normalised, so
-    # those scores are O(1/D) and the sigmoid weights sit at 0.5 for every patch: the maps are flat. 'learnable'
-    # multiplies them by exp(s), s a parameter initialised at log(D) (a deviation, for study).
-    attention_scale: str = "sqrt_d"
-    # cross-attention weights: 'sigmoid' (METHOD.md, the original: each weight on its own) or 'softmax' (an ablation,
-    # as MGCA / GLoRIA: each patch's weights over its sentences, and each sentence's over the patches, sum to 1)
-    attention_norm: str = "sigmoid"
+    local_image_weight: float = option(1.0, "weight of loss 2, local image SimSiam (METHOD.md: 1)")
+    local_text_weight: float = option(1.0, "weight of loss 3, local text with CGNS + false negatives (METHOD.md: 1)")
     # an added term, not in METHOD.md (0: off, the method): GLoRIA's local loss with sentences for words, see
-    # cgns/losses/grounding.py. t1 sharpens each sentence's softmax over the patches, t2 aggregates a report's
-    # sentences, t3 scales the report-image logits (GLoRIA's 4 / 5 / 10).
-    grounding_weight: float = 0.0
-    grounding_attention_temperature: float = 4.0
+    # cgns/losses/grounding.py. Each sentence is encoded on its own (its tokens attend only within it; one more
+    # text-encoder pass), so it can only be matched to the region of its own finding. t1 (grounding_temperature)
+    # sharpens each sentence's softmax over the patches, t2 aggregates a report's sentences, t3 scales the
+    # report-image logits (GLoRIA's 4 / 5 / 10).
+    grounding_weight: float = option(0.0, "weight of the added sentence-region grounding term (not in METHOD.md; "
+                                          "0: off, the method)")
+    grounding_temperature: float = option(4.0, "t1 of the grounding term: sharpness of each sentence's softmax "
+                                               "over the patches (GLoRIA's 4)")
     grounding_sentence_temperature: float = 5.0
     grounding_logit_scale: float = 10.0
-    # which image tokens the grounding term attends over: 0 = the local tokens of losses 2-4 (the last block); k > 0
-    # = the patch tokens after ViT block k (earlier blocks mix the image less), through their own projection
-    grounding_block: int = 0
-    # what the grounding term's sentence features see: 'sentence' = each sentence encoded on its own (its tokens
-    # attend only within it; one more text-encoder pass), so a sentence can only be matched to the region of its own
-    # finding; 'report' = the sentence features of losses 2-4, whose tokens attend over the whole report (every
-    # sentence then also describes the report's other findings)
-    grounding_context: str = "sentence"
     # ablations
-    use_cgns: bool = True
-    use_mir: bool = True
-    use_local: bool = True
+    cgns: bool = option(True, "clustering-guided negative sampling in loss 3 (--no-cgns: plain sentence InfoNCE)")
+    mir: bool = option(True, "CM-MIR reconstruction in stage 2 (--no-mir: none)")
+    local: bool = option(True, "local losses 2-3 (--no-local: global loss only, a ConVIRT-style baseline; "
+                               "implies --no-cgns)")
 
     def __post_init__(self):
         if self.image_encoder not in ENCODER_NAMES:
             raise ValueError(f"image_encoder must be one of {ENCODER_NAMES}, got {self.image_encoder!r}")
-        if self.kmeans_mode not in ("sum", "mean"):
-            raise ValueError(f"kmeans_mode must be 'sum' or 'mean', got {self.kmeans_mode!r}")
-        if self.hard_negative_mode not in ("multiply", "add"):
-            raise ValueError(f"hard_negative_mode must be 'multiply' or 'add', got {self.hard_negative_mode!r}")
-        if self.use_cgns and not self.use_local:
-            raise ValueError("use_cgns needs use_local (CGNS acts on the local text loss)")
+        if not self.local:
+            self.cgns = False                # CGNS acts on the local text loss
         if self.local_image_weight < 0 or self.local_text_weight < 0:
             raise ValueError(f"local_image_weight / local_text_weight must be >= 0, got {self.local_image_weight} / "
                              f"{self.local_text_weight}")
         if self.grounding_weight < 0:
             raise ValueError(f"grounding_weight must be >= 0, got {self.grounding_weight}")
-        if self.grounding_block < 0 or (self.grounding_block and not self.image_encoder.startswith("vit")):
-            raise ValueError(f"grounding_block must be 0 (the local tokens), or a ViT block number > 0; got "
-                             f"{self.grounding_block} with {self.image_encoder}")
-        if self.grounding_block and self.grounding_weight == 0:
-            # its projection would be trained by nothing (and DDP refuses parameters that get no gradient)
-            raise ValueError(f"grounding_block={self.grounding_block} needs the grounding term: set "
-                             f"grounding_weight > 0")
-        if self.grounding_context not in GROUNDING_CONTEXTS:
-            raise ValueError(f"grounding_context must be one of {GROUNDING_CONTEXTS}, got {self.grounding_context!r}")
-        for name in ("grounding_attention_temperature", "grounding_sentence_temperature", "grounding_logit_scale"):
+        for name in ("grounding_temperature", "grounding_sentence_temperature", "grounding_logit_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.attention_scale not in ATTENTION_SCALES:
-            raise ValueError(f"attention_scale must be one of {ATTENTION_SCALES}, got {self.attention_scale!r}")
-        if self.attention_norm not in ATTENTION_NORMS:
-            raise ValueError(f"attention_norm must be one of {ATTENTION_NORMS}, got {self.attention_norm!r}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
 
@@ -140,34 +113,7 @@ class CGNSConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "CGNSConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if "local_weight" in values:  # checkpoints written before the two local weights were split
-            values = dict(values)
-            shared = values.pop("local_weight")
-            values.setdefault("local_image_weight", shared)
-            values.setdefault("local_text_weight", shared)
-        if values.get("grounding_weight", 0) > 0 and "grounding_context" not in values:
-            # grounding runs written before the field existed encoded their sentences in the report's context
-            values = {**values, "grounding_context": "report"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CGNSConfig fields: {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def demo(cls, vocab_size: int, **overrides) -> "CGNSConfig":
-        """The tiny configuration the 2-core CPU demo trains: ViT-Tiny at 128 px (64 patches, 192-d), a 2-layer
-        192-d BERT, a 192-d shared space, 16 clusters, a 2-layer CM-MIR decoder."""
-        values = dict(image_encoder="vit_tiny", image_size=128, text_vocab_size=vocab_size, text_hidden_size=192,
-                      text_num_layers=2, text_num_heads=4, max_length=128, embed_dim=192, pool_heads=8,
-                      num_clusters=16, decoder_layers=2, decoder_heads=4, decoder_feedforward=384)
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def base(cls, text_encoder: str | None = None, **overrides) -> "CGNSConfig":
-        """The paper's configuration: ViT-B/16 at 224 px, BERT-base (e.g. Bio_ClinicalBERT), 768-d, k=128."""
-        return cls(image_encoder="vit_base", image_size=224, text_encoder=text_encoder, **overrides)
+        return from_dict(cls, values, where="model configuration")
 
 
 def sentence_features(tokens: torch.Tensor, sentence_index: torch.Tensor):
@@ -192,8 +138,6 @@ class SigmoidCrossAttention(nn.Module):
     """Single-head cross-attention between a sample's patches and its sentences, sigmoid instead of softmax.
 
     Separate query/key/value projections per modality, scores scaled by sqrt(D), padding sentences masked out.
-    normalisation='softmax' (an ablation) normalises each patch's weights over its sentences and each sentence's
-    weights over the patches instead of taking each sigmoid on its own.
     forward(patches [B,L,D], sentences [B,S,D], sentence_mask bool[B,S]) -> dict(
         text_to_patch [B,L,D] (one text-to-image vector per patch),
         image_to_sentence [B,S,D] (one image-to-text vector per sentence; padding rows are meaningless),
@@ -209,45 +153,27 @@ class SigmoidCrossAttention(nn.Module):
         attention @ image_value(patches) = (attention @ patches) @ Wv^T + attention.sum(-1) * bv.
     """
 
-    def __init__(self, dim: int, learnable_scale: bool = False, normalisation: str = "sigmoid"):
+    def __init__(self, dim: int):
         super().__init__()
-        if normalisation not in ATTENTION_NORMS:
-            raise ValueError(f"cross-attention normalisation must be one of {ATTENTION_NORMS}, got {normalisation!r}")
-        self.normalisation = normalisation
         self.scale = 1.0 / math.sqrt(dim)
-        # learnable_scale: scores also multiplied by exp(log_score_scale), initialised at D (see CGNSConfig)
-        self.log_score_scale = nn.Parameter(torch.tensor(math.log(dim))) if learnable_scale else None
         self.image_query, self.image_key, self.image_value = (nn.Linear(dim, dim) for _ in range(3))
         self.text_query, self.text_key, self.text_value = (nn.Linear(dim, dim) for _ in range(3))
-
-    def score_scale(self):
-        """What q.k is multiplied by: 1/sqrt(D), times exp(log_score_scale) when learnable."""
-        if self.log_score_scale is None:
-            return self.scale
-        return self.scale * self.log_score_scale.exp()
 
     def forward(self, patches, sentences, sentence_mask):
         batch, num_sentences, dim = sentences.shape
         # The 1/sqrt(D) scale goes into the small forms, not onto the [B,L,2S] scores (nor their gradient).
         forms = torch.cat([_extended(self.image_query).T @ _extended(self.text_key),
-                           _extended(self.image_key).T @ _extended(self.text_query)]) * self.score_scale()  # [2(D+1),D+1]
+                           _extended(self.image_key).T @ _extended(self.text_query)]) * self.scale  # [2(D+1),D+1]
         folded = F.linear(sentences, forms[:, :dim], forms[:, dim])                                     # [B,S,2(D+1)]
         folded = folded.view(batch, num_sentences, 2, dim + 1).transpose(1, 2).reshape(batch, -1, dim + 1)
         # Patch-side coordinate D multiplies the constant 1: a per-sentence bias. Columns: S patch-query scores,
         # then S sentence-query scores.
         scores = torch.baddbmm(folded[..., dim][:, None, :], patches, folded[..., :dim].transpose(1, 2))  # [B,L,2S]
         keep = sentence_mask.to(scores.dtype)[:, None, :]                                                 # [B,1,S]
-        if self.normalisation == "sigmoid":
-            weights = torch.sigmoid(scores)
-            # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
-            patch_attention = weights[..., :num_sentences] * keep                                       # [B,L,S]
-            sentence_attention = weights[..., num_sentences:].transpose(1, 2)                           # [B,S,L]
-        else:
-            # softmax over each patch's real sentences (padding at the dtype's minimum: exactly 0 after exp; a
-            # sample without sentences gets all-zero rows, not NaN), and over the patches for each sentence
-            padded = scores[..., :num_sentences].masked_fill(~sentence_mask[:, None, :], torch.finfo(scores.dtype).min)
-            patch_attention = torch.softmax(padded, dim=-1) * keep                                      # [B,L,S]
-            sentence_attention = torch.softmax(scores[..., num_sentences:], dim=1).transpose(1, 2)      # [B,S,L]
+        weights = torch.sigmoid(scores)
+        # A sigmoid weight is independent per sentence, so a padding sentence is removed by zeroing its weight.
+        patch_attention = weights[..., :num_sentences] * keep                                           # [B,L,S]
+        sentence_attention = weights[..., num_sentences:].transpose(1, 2)                               # [B,S,L]
         image_to_sentence = (F.linear(sentence_attention @ patches, self.image_value.weight)
                              + sentence_attention.sum(dim=-1, keepdim=True) * self.image_value.bias)    # [B,S,D]
         value = self.text_value(sentences)                                                              # [B,S,D]
@@ -276,48 +202,39 @@ class CGNSModel(nn.Module):
             load_backbone_weights(self.image_encoder, unwrap_state_dict(loaded, config.image_weights),
                                   config.image_weights)
         self.text_encoder = TextEncoder(config.text_encoder, config.text_vocab_size, config.text_hidden_size,
-                                        config.text_num_layers, config.text_num_heads, config.text_max_positions,
+                                        config.text_layers, config.text_heads, config.text_max_positions,
                                         config.pad_token_id)
         self.global_image_projection = nn.Linear(self.image_encoder.global_dim, dim)
         self.local_image_projection = nn.Linear(self.image_encoder.local_dim, dim)
         self.local_text_projection = nn.Linear(self.text_encoder.hidden_size, dim)
         for projection in (self.global_image_projection, self.local_image_projection, self.local_text_projection):
             nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
-        if config.grounding_block:
-            self.grounding_image_projection = nn.Linear(self.image_encoder.local_dim, dim)
-            nn.init.normal_(self.grounding_image_projection.weight, std=self.image_encoder.local_dim ** -0.5)
         self.report_pool = AttentionPool(dim, config.pool_heads)
         self.log_logit_scale = nn.Parameter(torch.tensor(initial_log_logit_scale(config.temperature)))
-        if config.use_local or config.use_mir:
-            self.cross_attention = SigmoidCrossAttention(dim, learnable_scale=config.attention_scale == "learnable",
-                                                         normalisation=config.attention_norm)
-        if config.use_local:
+        if config.local or config.mir:
+            self.cross_attention = SigmoidCrossAttention(dim)
+        if config.local:
             self.predictor = Predictor(dim)
-        if config.use_cgns:
+        if config.cgns:
             self.clustering = ClusterNegativeSampler(
-                dim, config.num_clusters, config.kmeans_lr, config.kmeans_mode, config.kmeans_start_cosine,
-                config.hard_negative_weight, config.hard_negative_mode, config.false_negative_alpha,
-                config.false_negative_beta, config.false_negative_weight, config.local_temperature,
-                config.kmeans_seed, config.kmeans_reseed_share)
-        if config.use_mir:
+                dim, num_clusters=config.num_clusters, lr=config.kmeans_lr, start_cosine=config.kmeans_start_cosine,
+                hard_negative_weight=config.hard_negative_weight, alpha=config.false_negative_alpha,
+                beta=config.false_negative_beta, false_negative_weight=config.false_negative_weight,
+                temperature=config.local_temperature, seed=config.kmeans_seed,
+                reseed_share=config.kmeans_reseed_share)
+        if config.mir:
             self.decoder = build_decoder(config.image_encoder, dim, self.image_encoder.grid,
                                          self.image_encoder.patch_stride, num_layers=config.decoder_layers,
                                          num_heads=config.decoder_heads, feedforward=config.decoder_feedforward,
                                          drop=config.mir_drop)
 
     # ---- encoders -----------------------------------------------------------------------------------------
-    def image_features(self, images, with_grounding: bool = False):
-        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised; with_grounding also returns
-        what the grounding term attends over, [B,L,D] unit norm (see CGNSConfig.grounding_block)."""
-        block = self.config.grounding_block if with_grounding else 0
-        features = self.image_encoder(images, extra_block=block - 1) if block else self.image_encoder(images)
+    def image_features(self, images):
+        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised."""
+        features = self.image_encoder(images)
         image_global = F.normalize(self.global_image_projection(features["global"]), dim=-1)
         patches = F.normalize(self.local_image_projection(features["local"]), dim=-1)
-        if not with_grounding:
-            return image_global, patches
-        grounding = (F.normalize(self.grounding_image_projection(features["block"]), dim=-1) if block
-                     else patches)
-        return image_global, patches, grounding
+        return image_global, patches
 
     def text_features(self, input_ids, attention_mask, sentence_index, sample_ids=None):
         """-> (report [B,D] L2-normalised, sentences [B,S,D], sentence_mask bool[B,S])."""
@@ -336,12 +253,9 @@ class CGNSModel(nn.Module):
         report = F.normalize(self.report_pool(sentences, sentence_mask), dim=-1)
         return report, sentences, sentence_mask
 
-    def grounding_sentences(self, batch, sentences):
+    def grounding_sentences(self, batch):
         """The sentence features the grounding term matches, [B,S,D] (the sentence mask is that of text_features):
-        `sentences` (those of losses 2-4) when grounding_context is 'report'; with 'sentence', each sentence
-        encoded on its own by one more text-encoder pass (see CGNSConfig.grounding_context)."""
-        if self.config.grounding_context == "report":
-            return sentences
+        each sentence encoded on its own by one more text-encoder pass (its tokens attend only within it)."""
         mask = sentence_attention_mask(batch["attention_mask"], batch["sentence_index"])       # [B,1,T,T]
         tokens = F.normalize(self.local_text_projection(self.text_encoder(batch["input_ids"], mask)), dim=-1)
         return sentence_features(tokens, batch["sentence_index"])[0]
@@ -358,8 +272,8 @@ class CGNSModel(nn.Module):
     def local_attention(self, batch, kind: str = "cross"):
         """Per-sentence attention over the patches of its own image, for the visual report.
 
-        kind 'cross': the cross-attention of losses 2-4 (sentence queries patches; sigmoid weights in [0,1], or
-        softmax); 'grounding': the grounding term's softmax(t1 cos(sentence, patch)) (any model; what that term
+        kind 'cross': the cross-attention of losses 2-4 (sentence queries patches; sigmoid weights in [0,1]);
+        'grounding': the grounding term's softmax(t1 cos(sentence, patch)) (any model; what that term
         trains when grounding_weight > 0).
         -> dict(maps [B,S,h,w], sentence_mask bool[B,S]).
         """
@@ -367,15 +281,14 @@ class CGNSModel(nn.Module):
             raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
         if kind == "cross" and not hasattr(self, "cross_attention"):
             raise RuntimeError("this model was built without local alignment or CM-MIR (no cross-attention)")
-        _, patches, *grounding_patches = self.image_features(batch["image"], with_grounding=kind == "grounding")
+        _, patches = self.image_features(batch["image"])
         _, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
                                                          batch["sentence_index"], batch.get("index"))
         if kind == "cross":
             attention = self.cross_attention(patches, sentences, sentence_mask)["sentence_attention"]  # [B,S,L]
         else:
-            sentences = self.grounding_sentences(batch, sentences)
-            attention = grounding_attention(F.normalize(sentences, dim=-1), grounding_patches[0],
-                                            self.config.grounding_attention_temperature)                 # [B,S,L]
+            attention = grounding_attention(F.normalize(self.grounding_sentences(batch), dim=-1), patches,
+                                            self.config.grounding_temperature)                           # [B,S,L]
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
                 "sentence_mask": sentence_mask}
 
@@ -385,22 +298,21 @@ class CGNSModel(nn.Module):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         config = self.config
         images = batch["image"]
-        grounded = config.grounding_weight > 0
-        image_global, patches, *grounding_patches = self.image_features(images, with_grounding=grounded)
+        image_global, patches = self.image_features(images)
         report, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
                                                               batch["sentence_index"], batch.get("index"))
         losses = global_contrastive_loss(image_global, report, self.log_logit_scale)
         stats = {"logit_scale": self.log_logit_scale.detach().exp(),
                  "sentences_per_report": sentence_mask.sum(dim=1).float().mean()}
-        reconstruct = stage == 2 and config.use_mir
-        if config.use_local or reconstruct:
+        reconstruct = stage == 2 and config.mir
+        if config.local or reconstruct:
             attention = self.cross_attention(patches, sentences, sentence_mask)
-        if config.use_local:
+        if config.local:
             losses.update(simsiam_loss(patches, attention["text_to_patch"], self.predictor,
                                         attention["text_to_patch_factors"]))
             # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
             z1, z2 = sentences[sentence_mask], attention["image_to_sentence"][sentence_mask]
-            if config.use_cgns:
+            if config.cgns:
                 text_losses, cgns_stats = self.clustering(z1, z2)
                 stats.update(cgns_stats)
             else:
@@ -411,11 +323,10 @@ class CGNSModel(nn.Module):
             for name, weight in weights.items():
                 if name in losses and weight != 1.0:
                     losses[name] = weight * losses[name]
-        if grounded:
-            grounding = grounding_loss(self.grounding_sentences(batch, sentences), sentence_mask,
-                                       grounding_patches[0],
-                                       config.grounding_attention_temperature,
-                                       config.grounding_sentence_temperature, config.grounding_logit_scale)
+        if config.grounding_weight > 0:
+            grounding = grounding_loss(self.grounding_sentences(batch), sentence_mask, patches,
+                                       config.grounding_temperature, config.grounding_sentence_temperature,
+                                       config.grounding_logit_scale)
             losses["grounding"] = config.grounding_weight * grounding["grounding"]
         if reconstruct:
             reconstruction = self.decoder(patches, attention["text_to_patch"])

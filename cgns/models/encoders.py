@@ -89,17 +89,10 @@ class ViTEncoder(nn.Module):
         self.pyramid_channels = [width] * 4
         self.pyramid_strides = [16] * 4
 
-    def forward(self, images, extra_block: int | None = None):
-        """-> dict(global [B,D], local [B,L,D]); with extra_block = i, also "block": block i's patch tokens [B,L,D]
-        (before the final norm, as the residual stream holds them)."""
-        if extra_block is None:
-            tokens = self.backbone(images)                                # [B,1+L,D]
-            return {"global": tokens[:, 0], "local": tokens[:, 1:]}
-        last = self.backbone.depth - 1
-        if not 0 <= extra_block < last:
-            raise ValueError(f"extra_block must be in [0, {last}) for {self.name}, got {extra_block}")
-        block, tokens = self.backbone.forward_blocks(images, [extra_block, last])
-        return {"global": tokens[:, 0], "local": tokens[:, 1:], "block": block[:, 1:]}
+    def forward(self, images):
+        """-> dict(global [B,D] (the class token), local [B,L,D] (the patch tokens))."""
+        tokens = self.backbone(images)                                    # [B,1+L,D]
+        return {"global": tokens[:, 0], "local": tokens[:, 1:]}
 
     def feature_pyramid(self, images):
         """Outputs of the pyramid blocks as maps [B,D,S/16,S/16] (the last one after the final norm)."""

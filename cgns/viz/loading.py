@@ -53,13 +53,14 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", data_root: str | Path 
     path = Path(checkpoint) if checkpoint is not None else pick_checkpoint(run_dir)
     state = load_checkpoint(path)
     model = model_from_checkpoint(state, path, device)
-    args_path = run_dir / "args.json"
-    args = json.loads(args_path.read_text()) if args_path.is_file() else dict(state.get("args") or {})
-    root = resolve_data_root(DATASET, data_root if data_root is not None else args.get("data_root"))
-    cache_size = int(args.get("cache_size", 256))
+    config_path = run_dir / "config.json"
+    settings = json.loads(config_path.read_text()) if config_path.is_file() else dict(state.get("args") or {})
+    data, loop = settings.get("data", {}), settings.get("loop", {})
+    root = resolve_data_root(DATASET, data_root if data_root is not None else data.get("data_root"))
+    cache_size = int(data.get("cache_size", 256))
     tokenizer_dir = state.get("tokenizer_dir") or state["config"].get("tokenizer_dir")
     tokenizer = tokenizer_dir if tokenizer_dir and Path(tokenizer_dir).is_dir() else None
     config = model.config
     dataset = build("pretrain", DATASET, "valid", data_root=root, image_size=config.image_size, tokenizer=tokenizer,
-                    max_length=config.max_length, cache_size=cache_size, seed=int(args.get("seed", 42)))
+                    max_length=config.max_length, cache_size=cache_size, seed=int(loop.get("seed", 42)))
     return LoadedRun(model, dataset, Path(root), cache_size, path, int(state.get("stage", 1)))

@@ -165,7 +165,7 @@ def reconstruction_section(loaded, out_dir: Path, num_images: int, device: str) 
                       note="Input, the patch tokens the decoder kept (dropped ones greyed), the image it "
                            "reconstructs from the kept tokens fused with the report's text-to-image features, "
                            "and the absolute error (in normalised units).")
-    if not getattr(model.config, "use_mir", False) or not hasattr(model, "decoder"):
+    if not getattr(model.config, "mir", False) or not hasattr(model, "decoder"):
         section.note = "This run was trained without CM-MIR (--no-mir): nothing to show."
         return section
     if loaded.stage < 2:

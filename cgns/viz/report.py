@@ -15,7 +15,7 @@ from cgns.viz.plots import plot_training_curves
 from cgns.viz.runlog import read_log
 
 REPORT_DIR = "report"
-SETTINGS_SHOWN = ("image_encoder", "image_size", "epochs", "stage1_epochs", "stage2_epochs", "batch_size", "lr",
+SETTINGS_SHOWN = ("image_encoder", "image_size", "stage1_epochs", "stage2_epochs", "batch_size", "lr",
                   "data_root", "data_pct", "max_length", "num_clusters", "seed", "device")
 
 
@@ -38,12 +38,12 @@ def _flatten(metrics: dict, prefix: str = "") -> dict:
 
 def summary_section(run_dir: Path) -> Section:
     section = Section("Run", note=f"run directory: {run_dir.name}")
-    args_path, metrics_path = run_dir / "args.json", run_dir / "metrics.json"
-    if args_path.is_file():
-        args = _read_json(args_path)
+    config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
+    if config_path.is_file():
+        args = {k: v for section in _read_json(config_path).values() for k, v in section.items()}
         shown = [[k, args[k]] for k in SETTINGS_SHOWN if k in args]
         others = [[k, v] for k, v in sorted(args.items()) if k not in SETTINGS_SHOWN and not isinstance(v, dict)]
-        section.items.append(Table(["setting", "value"], shown, caption="main settings (args.json)"))
+        section.items.append(Table(["setting", "value"], shown, caption="main settings (config.json)"))
         if others:
             section.items.append(Details(f"all {len(others)} other settings", [Table(["setting", "value"], others)]))
     if metrics_path.is_file():
@@ -85,7 +85,7 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, num_
     """Write the report of the pretraining run in `run_dir`; returns the path of report.html.
 
     num_images: validation images shown per model panel; data_root: the MIMIC-CXR folder (default: the run's
-    args.json data_root, else the demo copy); with_model=False skips the sections that need the checkpoint.
+    config.json's data_root, else the demo copy); with_model=False skips the sections that need the checkpoint.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
