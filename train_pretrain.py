@@ -126,18 +126,16 @@ def closing_summary(config: PretrainConfig, out: Path, val: dict) -> dict:
 
 def linear_comparison(config: PretrainConfig, out: Path, final: Path) -> dict:
     """Macro AUROC of a linear probe on the demo CheXpert data: this run's encoder vs the same encoder at random."""
-    try:
-        from cgns.engine.linear import run_linear_eval
-    except ImportError as err:
-        print(f"linear probe skipped: cgns.engine.linear is not available ({err})")
-        return {}
-    fractions = (0.01, 0.1, 1.0)
+    from cgns.engine.downstream import configure, run_downstream
+    from cgns.engine.linear import DEMO, LINEAR
+
     scores = {}
-    for name, source in (("pretrained", dict(checkpoint=final)), ("random_init", dict(random_init=True))):
-        result = run_linear_eval("chexpert", encoder_name=config.model.image_encoder,
-                                 image_size=config.model.image_size, seed=config.loop.seed, output_dir=out / "linear" / name, log=lambda *a: None,
-                                 data_pcts=fractions, device="cuda" if torch.cuda.is_available() else "cpu",
-                                 **source)
+    for name, source in (("pretrained", dict(checkpoint=str(final))), ("random_init", dict(random_init=True))):
+        probe = configure(DEMO, dataset="chexpert", image_encoder=config.model.image_encoder,
+                          image_size=config.model.image_size, seeds=(config.loop.seed,), data_pct=(0.01, 0.1, 1.0),
+                          output_dir=str(out / "linear" / name),
+                          device="cuda" if torch.cuda.is_available() else "cpu", **source)
+        result = run_downstream(LINEAR, probe, log=lambda *a: None)
         scores[name] = {key: split["test"]["auroc"] for key, split in result.items()}   # fraction -> AUROC
     scores["gain"] = {key: scores["pretrained"][key] - scores["random_init"][key] for key in scores["pretrained"]}
     print("linear probe on CheXpert (demo), test macro AUROC at 1% / 10% / 100% of the training split:")

@@ -16,7 +16,7 @@ def test_main_trains_and_scores_every_test_image(test_world, tmp_path, dataset, 
     out = tmp_path / dataset
     results = train_detect.main(["--dataset", dataset, "--data-root", str(test_world / dataset), "--random-init",
                                  "--image-encoder", "vit_tiny", "--image-size", "64", "--epochs", "8",
-                                 "--batch-size", "8", "--head-width", "32", "--learning-rate", "3e-3",
+                                 "--batch-size", "8", "--head-width", "32", "--lr", "3e-3",
                                  "--data-pct", *fractions, "--output-dir", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(results) == set(fractions) and metrics["1"]["test"] == metrics["test"]
@@ -34,11 +34,14 @@ def test_main_trains_and_scores_every_test_image(test_world, tmp_path, dataset, 
 
 
 def test_cached_encoder_maps_train_exactly_like_streamed_images(test_world):
-    from cgns.engine.detect import run_detection
+    from cgns.engine.detect import DEMO, DETECTION
+    from cgns.engine.downstream import configure, run_downstream
 
-    runs = [run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
-                          random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
-                          feature_cache_gb=budget, log=lambda *a: None)["1"] for budget in (0.0, 2.0)]
+    runs = [run_downstream(DETECTION, configure(DEMO, dataset="rsna", data_root=str(test_world / "rsna"),
+                                                image_encoder="vit_tiny", image_size=64, random_init=True, epochs=2,
+                                                batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
+                                                feature_cache_gb=budget, device="cpu"), log=lambda *a: None)["1"]
+            for budget in (0.0, 2.0)]
     streamed, cached = runs
     assert abs(streamed["train"]["last_epoch_loss"] - cached["train"]["last_epoch_loss"]) < 1e-4
     assert abs(streamed["test"]["loss"] - cached["test"]["loss"]) < 1e-4
@@ -50,11 +53,3 @@ def test_an_encoder_source_is_required(test_world, tmp_path):
     with pytest.raises(ValueError, match="--random-init"):
         train_detect.main(["--dataset", "rsna", "--data-root", str(test_world / "rsna"), "--image-size", "64",
                            "--epochs", "1", "--output-dir", str(tmp_path)])
-
-
-def test_an_encoder_rate_needs_a_fine_tuned_encoder(test_world):
-    from cgns.engine.detect import run_detection
-
-    with pytest.raises(ValueError, match="applies to a fine-tuned encoder"):
-        run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
-                      random_init=True, encoder_lr_scale=0.1)

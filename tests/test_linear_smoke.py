@@ -34,7 +34,7 @@ def test_linear_probe_learns_and_reuses_its_feature_cache(chexpert_root, tmp_pat
     assert len(metrics["1"]["test"]["auroc_per_class"]) == 5
     assert metrics["0.1"]["train"]["num_images"] < metrics["1"]["train"]["num_images"]
     # learned: random-init ViT features + a linear layer separate the generated findings well above chance (0.5);
-    # measured 0.72 on the 100 test images
+    # min 0.673 on the 100 test images over driver seeds 42, 0-3, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.62
     assert metrics["test"]["auroc"] > 0.62
     # a second run finds every split in the cache and reproduces the numbers exactly
     again = _main(chexpert_root, tmp_path)

@@ -98,51 +98,57 @@ def test_whitening_needs_a_frozen_encoder():
 
 
 def test_segmentation_picks_the_candidate_with_the_best_validation_dice(test_world):
-    from cgns.engine.segment import run_segmentation
+    from cgns.engine.downstream import configure, run_downstream
+    from cgns.engine.segment import DEMO, SEGMENTATION
+
+    def run_segmentation(**values):
+        config = configure(DEMO, dataset="siim", data_root=str(test_world / "siim"), image_encoder="vit_tiny",
+                           image_size=64, random_init=True, device="cpu", **values)
+        return run_downstream(SEGMENTATION, config, log=logs.append)
 
     logs = []
-    result = run_segmentation("siim", data_root=test_world / "siim", encoder_name="vit_tiny", image_size=64,
-                              random_init=True, epochs=1, batch_size=8, decoder_width="small",
-                              whiten_shrinkage=(None, 0.0), overlays=0, log=logs.append)["1"]
+    result = run_segmentation(epochs=1, batch_size=8, decoder_width="small", whiten_shrinkage=(None, 0.0),
+                              overlays=0)["1"]
     tried = result["whitening"]["val_dice"]
     assert set(tried) == {"off", "0"}
     assert tried[result["whitening"]["chosen"]] == max(tried.values())   # ties: the lower validation loss
     assert result["val"]["dice"] == pytest.approx(tried[result["whitening"]["chosen"]], abs=1e-6)
     assert any("whitening: validation dice off" in line for line in logs)
     with pytest.raises(ValueError, match="frozen encoder"):
-        run_segmentation("siim", data_root=test_world / "siim", encoder_name="vit_tiny", image_size=64,
-                         random_init=True, finetune=True, whiten_shrinkage=(0.0,))
+        run_segmentation(finetune=True, whiten_shrinkage=(0.0,))
 
 
 def test_detection_whitening_is_fitted_the_same_from_cached_maps_and_from_images(test_world):
     """The head trains on whitened maps either way: streamed images and the feature cache give one result."""
-    from cgns.engine.detect import run_detection
+    from cgns.engine.detect import DEMO, DETECTION
+    from cgns.engine.downstream import configure, run_downstream
 
-    runs = [run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
-                          random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
-                          feature_cache_gb=budget, whiten_shrinkage=(0.1,), log=lambda *a: None)["1"]
-            for budget in (0.0, 2.0)]
+    def run_detection(**values):
+        config = configure(DEMO, dataset="rsna", data_root=str(test_world / "rsna"), image_encoder="vit_tiny",
+                           image_size=64, random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3,
+                           conf_thresh=0.001, device="cpu", **values)
+        return run_downstream(DETECTION, config, log=lambda *a: None)
+
+    runs = [run_detection(feature_cache_gb=budget, whiten_shrinkage=(0.1,))["1"] for budget in (0.0, 2.0)]
     streamed, cached = runs
     assert streamed["whitening"]["chosen"] == cached["whitening"]["chosen"] == "0.1"
     assert abs(streamed["train"]["last_epoch_loss"] - cached["train"]["last_epoch_loss"]) < 1e-4
     assert abs(streamed["test"]["loss"] - cached["test"]["loss"]) < 1e-4
-    plain = run_detection("rsna", data_root=test_world / "rsna", encoder_name="vit_tiny", image_size=64,
-                          random_init=True, epochs=2, batch_size=8, head_width=16, lr=3e-3, conf_thresh=0.001,
-                          log=lambda *a: None)["1"]
+    plain = run_detection()["1"]
     # whitening changes what the head sees: the losses move (else this test could not fail)
     assert not math.isclose(plain["train"]["last_epoch_loss"], cached["train"]["last_epoch_loss"], rel_tol=1e-3)
 
 
 def test_cli_flag_parses_candidates_and_names_a_bad_value(capsys):
-    import train_detect
-    import train_seg
+    from cgns.engine.detect import DETECTION
+    from cgns.engine.segment import SEGMENTATION
 
-    for module in (train_seg, train_detect):
-        args = module.get_args_parser().parse_args(["--dataset", "rsna", "--whiten-shrinkage", "off", "0", "0.1"])
-        assert args.whiten_shrinkage == [None, 0.0, 0.1]
-        assert module.get_args_parser().parse_args(["--dataset", "rsna"]).whiten_shrinkage == [None]
+    for task in (SEGMENTATION, DETECTION):
+        config = task.parse(["--dataset", "rsna", "--whiten-shrinkage", "off", "0", "0.1"])
+        assert config.task.whiten_shrinkage == (None, 0.0, 0.1)
+        assert task.parse(["--dataset", "rsna"]).task.whiten_shrinkage == (None,)
         with pytest.raises(SystemExit):
-            module.get_args_parser().parse_args(["--dataset", "rsna", "--whiten-shrinkage", "-0.5"])
+            task.parse(["--dataset", "rsna", "--whiten-shrinkage", "-0.5"])
         assert "'-0.5'" in capsys.readouterr().err
 
 

@@ -6,8 +6,8 @@ validation Dice 0 for 60 epochs; the first epoch now warns when the masks hold f
 import pytest
 import torch
 
-import train_seg
-from cgns.engine.segment import AUTO_PRIOR_RANGE, foreground_share, resolve_foreground_prior, train_segmentation
+from cgns.engine.segment import (AUTO_PRIOR_RANGE, SEGMENTATION, foreground_share, resolve_foreground_prior,
+                                 train_segmentation)
 from cgns.models.unet import SegmentationModel, build_unet
 
 
@@ -43,14 +43,14 @@ def test_a_number_passes_through_without_reading_the_data():
 
 @pytest.mark.parametrize("text, expected", [("auto", "auto"), ("0.25", 0.25)])
 def test_cli_accepts_auto_or_a_probability(text, expected):
-    args = train_seg.get_args_parser().parse_args(["--dataset", "siim", "--foreground-prior", text])
-    assert args.foreground_prior == expected
+    config = SEGMENTATION.parser.parse(["--dataset", "siim", "--foreground-prior", text])
+    assert config.task.foreground_prior == expected
 
 
 @pytest.mark.parametrize("text", ["0", "1", "lungs"])
 def test_cli_refuses_anything_else(text, capsys):
     with pytest.raises(SystemExit):
-        train_seg.get_args_parser().parse_args(["--dataset", "siim", "--foreground-prior", text])
+        SEGMENTATION.parser.parse(["--dataset", "siim", "--foreground-prior", text])
     assert "--foreground-prior" in capsys.readouterr().err
 
 

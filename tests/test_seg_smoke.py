@@ -19,17 +19,20 @@ def siim_root(tmp_path_factory):
 
 def test_unet_on_frozen_encoder_finds_the_pneumothorax(siim_root, tmp_path, capsys):
     train_seg.main(["--dataset", "siim", "--data-root", str(siim_root), "--random-init", "--image-encoder",
-                    "resnet50", "--image-size", "64", "--epochs", "6", "--batch-size", "8", "--lr", "2e-3",
+                    "resnet50", "--image-size", "64", "--epochs", "6", "--batch-size", "8", "--lr", "1e-3",
                     "--decoder-width", "small", "--overlays", "2", "--output-dir", str(tmp_path)])
     assert "siim  test dice (%)  100%:" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) >= {"1", "val", "test"}
     test = metrics["test"]
     assert test["num_positive"] >= 3
-    # learned: the decoder ranks pneumothorax pixels above the rest (threshold-free; a constant map scores 0.5);
-    # measured 0.975 after 6 epochs. The thresholded Dice of so short a run is not asserted: measured 0.64 on the
-    # positive images but 0 on negatives (a few false-positive pixels each), 0.18 overall.
+    # learned: the decoder ranks pneumothorax pixels above the rest (threshold-free; a constant map scores 0.5).
+    # The thresholded Dice of so short a run is not asserted: the epoch kept (best validation Dice) is one that still
+    # marks no pixel (epoch 1 or 2 of 6; Dice = the empty baseline), its ranking already learned. At lr 2e-3 the
+    # decoder swung into false positives and back, and the kept epoch's AUROC fell to 0.771 (test) / 0.661 (val).
+    # test: min 0.910 over driver seeds 42, 0-3, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.85
     assert test["pixel_auroc"] > 0.85
+    # val: min 0.885 over driver seeds 42, 0-3, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.85
     assert metrics["val"]["pixel_auroc"] > 0.85
     assert 0.0 <= test["dice"] <= 1.0 and test["empty_baseline"] == pytest.approx(1 - test["num_positive"] / 18)
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 2

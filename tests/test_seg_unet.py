@@ -27,7 +27,7 @@ def test_frozen_encoder_decoder_trains_encoder_untouched(name, size):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     losses = []
-    for _ in range(15):
+    for _ in range(25):
         logits = model(images)
         assert logits.shape == (2, 1, size, size)
         loss = segmentation_loss(logits, masks)["total"]
@@ -35,7 +35,9 @@ def test_frozen_encoder_decoder_trains_encoder_untouched(name, size):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]  # the decoder fits a fixed mask
+    # the decoder fits a fixed mask: last/first loss max 0.277 (resnet50), 0.220 (vit_tiny) at 25 steps (0.569 at
+    # 15) over seeds 0-4, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.5
+    assert losses[-1] < 0.5 * losses[0]
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights AND BatchNorm running stats
     assert all(p.grad is None for p in encoder.parameters())

@@ -1,4 +1,5 @@
-"""Detection: a (frozen by default) image encoder + the YOLOv3 head, trained on RSNA or Object-CXR boxes.
+"""Detection: a (frozen by default) image encoder + the YOLOv3 head, trained on RSNA or Object-CXR boxes; the
+`detection` plug-in of the downstream driver (cgns.engine.downstream).
 
 Protocol (DATASETS.md): ResNet-50 layers 2-4 -> YOLOv3, one class, input 224; at test time keep predictions with
 objectness >= 0.5, NMS at IoU 0.5, then mAP over IoU 0.4:0.05:0.75 (cgns.eval.detection) on ALL test images,
@@ -7,25 +8,22 @@ the epoch with the best validation mAP (ties: lower validation loss) is the one 
 """
 from __future__ import annotations
 
-import math
-import os
 import time
-from typing import Optional, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cgns.config import option
+from cgns.engine.downstream import (DownstreamTask, Fraction, RunConfig, SeedRun, downstream_config,
+                                    monitor_key, whiten_option)
+from cgns.engine.features import whitening_candidates
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.detection import detection_metrics
-from cgns.models.whitening import fit_map_moments, shrinkage_label
-from cgns.models.yolov3 import YOLOv3, build_yolov3
+from cgns.models.whitening import fit_map_moments
+from cgns.models.yolov3 import VIT_BLOCKS, YOLOv3, build_yolov3
 
 DATASETS = ("rsna", "object_cxr")
-
-
-def pct_key(pct: float) -> str:
-    """0.01 -> '0.01', 1.0 -> '1' (the keys of metrics.json, as the linear probe writes them)."""
-    return f"{pct:g}"
 
 
 def sum_losses(losses: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -130,32 +128,13 @@ def evaluate(model: YOLOv3, loader: DataLoader, *, conf_thresh: float = 0.5, nms
     return {"loss": loss, **detection_metrics(predictions, ground_truths)}
 
 
-def _monitor_key(metrics: dict) -> tuple:
-    value = metrics["mAP"]
-    return (-math.inf if math.isnan(value) else value, -metrics["loss"])
-
-
-def parameter_groups(model: YOLOv3, encoder_lr_scale: float = 1.0) -> list[dict]:
-    """Adam groups of the trainable parameters: the head at the base rate, a trainable (fine-tuned) encoder at
-    encoder_lr_scale times it (set_lr reads 'lr_scale'). A frozen encoder contributes nothing."""
-    if not encoder_lr_scale > 0:
-        raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
-    encoder = {id(p) for p in model.encoder.parameters()}
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
-    tuned = [p for p in model.encoder.parameters() if p.requires_grad]
-    groups = [{"params": head, "lr_scale": 1.0}]
-    if tuned:
-        groups.append({"params": tuned, "lr_scale": encoder_lr_scale})
-    return groups
-
-
 def train_detector(model: YOLOv3, train_loader: DataLoader, val_loader: DataLoader, *, epochs: int, lr: float,
                    weight_decay: float = 1e-6, warmup_epochs: float = 1.0, conf_thresh: float = 0.5,
-                   nms_thresh: float = 0.5, encoder_lr_scale: float = 1.0, device: str = "cpu", log=print) -> dict:
-    """Train the trainable parameters (head; the encoder too when not frozen, at encoder_lr_scale times the rate),
-    keep the best validation epoch. Leaves `model` holding the best epoch's weights.
-    Returns {best_epoch, history: [per-epoch losses + val]}."""
-    optimizer = torch.optim.Adam(parameter_groups(model, encoder_lr_scale), lr=lr, weight_decay=weight_decay)
+                   nms_thresh: float = 0.5, device: str = "cpu", log=print) -> dict:
+    """Train the trainable parameters (the head; the encoder too when not frozen), keep the best validation epoch.
+    Leaves `model` holding the best epoch's weights. Returns {best_epoch, history: [per-epoch losses + val]}."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(train_loader))
     warmup_steps = int(warmup_epochs * len(train_loader))
     step, best_key, best_state, best_epoch, history = 0, None, None, -1, []
@@ -165,7 +144,7 @@ def train_detector(model: YOLOv3, train_loader: DataLoader, val_loader: DataLoad
                                              warmup_steps=warmup_steps, total_steps=total_steps, device=device)
         val = evaluate(model, val_loader, conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device)
         history.append({"epoch": epoch, "train": train_losses, "val": val})
-        key = _monitor_key(val)
+        key = monitor_key(val, "mAP")
         if best_key is None or key > best_key:
             best_key, best_epoch = key, epoch
             # a frozen encoder never changes: keep only what trains (the head, or everything when fine-tuning)
@@ -194,120 +173,136 @@ def detection_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 42,
                       num_workers=num_workers, collate_fn=collate_fn)
 
 
-def run_detection(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
-                  image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
-                  image_weights: Optional[os.PathLike] = None, random_init: bool = False,
-                  resize_checkpoint: bool = False, finetune: bool = False, encoder_lr_scale: float = 1.0,
-                  vit_blocks: str = "last",
-                  data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 16,
-                  lr: float = 5e-4, weight_decay: float = 1e-6, head_width: int = 256, conf_thresh: float = 0.5,
-                  nms_thresh: float = 0.5, augment: bool = False, feature_cache_gb: float = 2.0,
-                  whiten_shrinkage: Sequence[Optional[float]] = (None,), device: str = "cpu",
-                  output_dir: Optional[os.PathLike] = None, num_workers: int = 0, log=print) -> dict:
-    """YOLOv3 detection for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
+SPLITS = ("train", "valid", "test")
 
-    Exactly one of checkpoint / image_weights / random_init (see cgns.engine.features.load_frozen_encoder; the
-    encoder name and image size come from a checkpoint). The encoder is frozen unless `finetune` (then trained at
-    encoder_lr_scale times the head's rate, which only a fine-tuned encoder may set); vit_blocks: which of a ViT's
-    maps the head reads (cgns.models.yolov3.YOLOv3Config); a frozen encoder
-    without augmentation encodes each image once (FeatureCache) when the maps fit in feature_cache_gb (0: never).
-    whiten_shrinkage: candidate shrinkages of a fixed whitening of the encoded maps (cgns.models.whitening; None = no
-    whitening), fitted on the training fraction (not augmented); each candidate trains its own head (same seed), the
-    best on validation (mAP, then loss) is tested; "whitening" records every candidate's validation mAP and the
-    training maps' spectrum (MapMoments.spectrum: how far from isotropic they are).
-    Writes <output_dir>/metrics.json (the fractions, plus "val"/"test" of the largest one) when output_dir is given.
-    """
-    from cgns.cli import write_metrics
-    from cgns.data.roots import resolve_data_root
-    from cgns.data.datasets import build
-    from cgns.engine.features import load_frozen_encoder, sweep_whitening, whitening_candidates
 
-    if dataset not in DATASETS:
-        raise ValueError(f"detection: unknown dataset '{dataset}' (expected one of {list(DATASETS)})")
-    if encoder_lr_scale != 1.0 and not finetune:
-        raise ValueError(f"encoder_lr_scale={encoder_lr_scale} applies to a fine-tuned encoder: add finetune "
-                         f"(--finetune), or leave it at 1")
-    candidates = whitening_candidates(whiten_shrinkage, finetune, "detection")
-    root = resolve_data_root(dataset, data_root)
-    use_cache = not finetune and not augment and feature_cache_gb > 0
-    results, encoder, source, cached = {}, None, None, {}
-    for pct in data_pcts:
-        start = time.perf_counter()
-        if encoder is None or finetune:
-            # fine-tuning starts every fraction from the same weights; a frozen encoder is shared
-            encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
-                                                  image_weights=image_weights, random_init=random_init, seed=seed,
-                                                  resize_checkpoint=resize_checkpoint,
-                                                  frozen=not finetune)
-        size = source["image_size"]
-        torch.manual_seed(seed)
-        model = build_yolov3(encoder, image_size=size, width=head_width, vit_blocks=vit_blocks,
-                             freeze_encoder=not finetune).to(device)
-        sets = {name: build("detection", dataset, name, data_root=root, image_size=size, seed=seed,
-                            data_pct=pct if name == "train" else 1.0, augment=augment and name == "train")
-                for name in ("train", "valid", "test")}
+@dataclass
+class DetectionTaskConfig:
+    """The detection head's own flags."""
+    dataset: str | None = option(None, "data set (required)", choices=DATASETS)
+    finetune: bool = option(False, "train the encoder too, at the head's learning rate (--no-finetune: frozen, "
+                                   "the protocol)")
+    vit_blocks: str = option("last", "a ViT's maps the feature pyramid is built from: its last block (ViTDet), or "
+                                     "its four evenly spaced blocks concatenated", choices=tuple(VIT_BLOCKS))
+    head_width: int = option(256, "channels of the coarsest YOLOv3 neck block")
+    conf_thresh: float = option(0.5, "objectness kept before NMS (original: 0.5)")
+    nms_thresh: float = option(0.5, "NMS IoU (original: 0.5)")
+    augment: bool = option(False, "training augmentation of the detection dataset")
+    whiten_shrinkage: tuple[float | None, ...] = whiten_option()
+    feature_cache_gb: float = option(2.0, "frozen encoder: keep its maps in memory (encode each image once) up to "
+                                          "this size; 0 re-encodes every epoch")
+
+
+DetectionConfig = downstream_config("DetectionConfig", DetectionTaskConfig)
+
+
+# paper: MGCA's detection protocol (mgca_detector.py): frozen encoder, batch 16, lr 5e-4, weight decay 1e-6,
+# 50 epochs (the best validation mAP is tested), 1% / 10% / 100% of the training split: the dataclasses' defaults
+PAPER = DetectionConfig()
+# demo: the same recipe on the whole generated training split (frozen maps are cached, so 50 epochs are cheap)
+DEMO = DetectionConfig(run=RunConfig(data_pct=(1.0,)))
+PRESETS = {"demo": DEMO, "paper": PAPER}
+
+
+class DetectionTask(DownstreamTask):
+    """YOLOv3 detection as a downstream plug-in. A frozen encoder without augmentation encodes each image once
+    (FeatureCache, validation and test shared by the fractions) when its maps fit in feature_cache_gb. Whitening
+    (cgns.models.whitening) is fitted on the training fraction's maps, not augmented."""
+    name, prefix = "detection", "detect"
+    description = "YOLOv3 detection on an image encoder"
+    config_cls, presets = DetectionConfig, PRESETS
+    datasets = DATASETS
+    rows = (("val", "mAP", ""), ("test", "mAP", ""),
+            ("test", "skip_empty/mAP", "   (original's variant: skips empty images)"))
+    final_keys = ("mAP", "AP50", "skip_empty/mAP")
+    whitens = True
+
+    def primary(self, dataset: str) -> str:
+        return "mAP"
+
+    def whitening(self, config) -> list:
+        return whitening_candidates(config.task.whiten_shrinkage, config.task.finetune, "detection")
+
+    def setup(self, run: SeedRun) -> None:
+        run.state["cached"] = {}      # split -> FeatureCache (or the dataset, when over budget)
+
+    def _dataset(self, run: SeedRun, split: str, pct: float, augment: bool):
+        from cgns.data.datasets import build
+
+        return build("detection", run.dataset, split, data_root=run.root, image_size=run.source["image_size"],
+                     seed=run.seed, data_pct=pct, augment=augment)
+
+    def _head(self, run: SeedRun, whitening=None) -> YOLOv3:
+        task = run.config.task
+        return build_yolov3(run.encoder, image_size=run.source["image_size"], width=task.head_width,
+                            vit_blocks=task.vit_blocks, freeze_encoder=not task.finetune,
+                            whitening=whitening).to(run.device)
+
+    def _cache(self, run: SeedRun, reader: YOLOv3, sets: dict) -> None:
+        """Replace each split of `sets` by its encoder maps (validation and test computed once per seed)."""
+        config, cached = run.config, run.state["cached"]
+        total = sum(len(d) for d in sets.values())
+        for name in SPLITS:
+            if name not in cached:
+                budget = config.task.feature_cache_gb * 1e9 * len(sets[name]) / total
+                loader = detection_loader(sets[name], config.run.batch_size, shuffle=False,
+                                          num_workers=config.run.num_workers)
+                cached[name] = FeatureCache.build(reader, loader, run.device, budget) or sets[name]
+            sets[name] = cached[name]
+        cached.pop("train")        # the next fraction has other training images
+        if not isinstance(sets["train"], FeatureCache):
+            run.log(f"detection: encoder maps exceed --feature-cache-gb {config.task.feature_cache_gb}; "
+                    f"streaming images")
+
+    def fraction(self, run: SeedRun, pct: float) -> Fraction:
+        config, task = run.config, run.config.task
+        torch.manual_seed(run.seed)
+        reader = self._head(run)   # encodes images for the feature cache and the whitening fit
+        sets = {name: self._dataset(run, name, pct if name == "train" else 1.0, task.augment and name == "train")
+                for name in SPLITS}
         num_train = len(sets["train"])
-        if use_cache:
-            total = sum(len(d) for d in sets.values())
-            for name in ("train", "valid", "test"):
-                if name not in cached:
-                    budget = feature_cache_gb * 1e9 * len(sets[name]) / total
-                    loader = detection_loader(sets[name], batch_size, shuffle=False, num_workers=num_workers)
-                    cached[name] = FeatureCache.build(model, loader, device, budget) or sets[name]
-                sets[name] = cached[name]
-            cached.pop("train")        # the next fraction has other training images
-            if not isinstance(sets["train"], FeatureCache):
-                log(f"detection: encoder maps exceed --feature-cache-gb {feature_cache_gb}; streaming images")
-        train_loader = detection_loader(sets["train"], batch_size, shuffle=True, seed=seed, num_workers=num_workers)
-        val_loader = detection_loader(sets["valid"], batch_size, shuffle=False, num_workers=num_workers)
-        test_loader = detection_loader(sets["test"], batch_size, shuffle=False, num_workers=num_workers)
-        log(f"detection {dataset} {pct_key(pct)}: encoder {source['name']} @ {size}px from {source['origin']} "
-            f"({'fine-tuned' if finetune else 'frozen'}), {num_train} training images")
-        reader = model   # encodes images for the whitening fit (the cache was built with it)
+        if not task.finetune and not task.augment and task.feature_cache_gb > 0:
+            self._cache(run, reader, sets)
+        loaders = [detection_loader(sets[name], config.run.batch_size, shuffle=name == "train", seed=run.seed,
+                                    num_workers=config.run.num_workers) for name in SPLITS]
+        run.log(f"detection {run.dataset} {pct:g}: encoder {run.source['name']} @ {run.source['image_size']}px "
+                f"from {run.source['origin']} ({'fine-tuned' if task.finetune else 'frozen'}), {num_train} "
+                f"training images")
+        return Fraction(pct, *loaders, num_train, extra={"sets": sets, "reader": reader})
 
-        def fit_moments():
-            plain = sets["train"] if isinstance(sets["train"], FeatureCache) else build(
-                "detection", dataset, "train", data_root=root, image_size=size, seed=seed, data_pct=pct,
-                augment=False)
-            reader.eval()
-            return fit_map_moments(reader.encoded_channels,
-                                   detection_loader(plain, batch_size, shuffle=False, num_workers=num_workers),
-                                   lambda b: encoded_maps(reader, b, device))
+    def fit_moments(self, run: SeedRun, data: Fraction):
+        reader, plain = data.extra["reader"], data.extra["sets"]["train"]
+        if not isinstance(plain, FeatureCache):
+            plain = self._dataset(run, "train", data.pct, False)
+        reader.eval()
+        return fit_map_moments(reader.encoded_channels,
+                               detection_loader(plain, run.config.run.batch_size, shuffle=False,
+                                                num_workers=run.config.run.num_workers),
+                               lambda b: encoded_maps(reader, b, run.device))
 
-        def train_head(whitening):
-            torch.manual_seed(seed)
-            head = build_yolov3(encoder, image_size=size, width=head_width, vit_blocks=vit_blocks,
-                                freeze_encoder=not finetune,
-                                whitening=whitening).to(device)
-            summary = train_detector(head, train_loader, val_loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                     conf_thresh=conf_thresh, nms_thresh=nms_thresh,
-                                     encoder_lr_scale=encoder_lr_scale, device=device, log=log)
-            val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
-            return head, summary, val, _monitor_key(val) if val else (-math.inf, -math.inf)
+    def train_head(self, run: SeedRun, data: Fraction, whitening) -> tuple:
+        config = run.config
+        torch.manual_seed(run.seed)
+        head = self._head(run, whitening)
+        summary = train_detector(head, data.train, data.val, epochs=config.run.epochs, lr=config.run.lr,
+                                 weight_decay=config.run.weight_decay, conf_thresh=config.task.conf_thresh,
+                                 nms_thresh=config.task.nms_thresh, device=run.device, log=run.log)
+        val = summary["history"][summary["best_epoch"]]["val"] if summary["history"] else None
+        return head, summary, val
 
-        model, summary, chosen, tried, spectrum = sweep_whitening(candidates, fit_moments, train_head, "mAP", log)
-        test = evaluate(model, test_loader, conf_thresh=conf_thresh, nms_thresh=nms_thresh, device=device)
-        best = summary["history"][summary["best_epoch"]] if summary["history"] else {"val": {}, "train": {}}
-        results[pct_key(pct)] = {
-            "val": best["val"], "test": test,
-            "train": {"num_images": num_train, "best_epoch": summary["best_epoch"], "epochs_run": epochs,
-                      "first_epoch_loss": summary["history"][0]["train"].get("total") if summary["history"] else None,
-                      "last_epoch_loss": summary["history"][-1]["train"].get("total") if summary["history"] else None,
-                      "seconds": round(time.perf_counter() - start, 2)},
-            "whitening": {"chosen": shrinkage_label(chosen), "val_mAP": tried, "map_spectrum": spectrum}}
-        log(f"detection {dataset} {pct_key(pct)}: val mAP {best['val'].get('mAP')} test mAP {test['mAP']:.4f} "
-            f"AP50 {test['AP50']:.4f} (skip-empty variant mAP {test['skip_empty/mAP']:.4f}; "
-            f"best epoch {summary['best_epoch']})")
-    if output_dir is not None:
-        largest = results[pct_key(max(data_pcts))]
-        write_metrics(output_dir, {**results, "val": largest["val"], "test": largest["test"], "encoder": source,
-                                   "dataset": dataset, "primary_metric": "mAP", "finetune": finetune,
-                                   "conf_thresh": conf_thresh, "nms_thresh": nms_thresh})
-    return results
+    def evaluate(self, run: SeedRun, data: Fraction, model: YOLOv3, summary: dict) -> dict:
+        task, history = run.config.task, summary["history"]
+        test = evaluate(model, data.test, conf_thresh=task.conf_thresh, nms_thresh=task.nms_thresh,
+                        device=run.device)
+        return {"val": history[summary["best_epoch"]]["val"] if history else {}, "test": test,
+                "train": {"num_images": data.num_train, "best_epoch": summary["best_epoch"],
+                          "epochs_run": run.config.run.epochs,
+                          "first_epoch_loss": history[0]["train"].get("total") if history else None,
+                          "last_epoch_loss": history[-1]["train"].get("total") if history else None}}
+
+    def metrics_extra(self, config) -> dict:
+        return {"finetune": config.task.finetune, "conf_thresh": config.task.conf_thresh,
+                "nms_thresh": config.task.nms_thresh}
 
 
-def paper_row(dataset: str, results: dict, split: str = "test", metric: str = "mAP") -> str:
-    """'rsna  test mAP (%)  1%: 3.1 | 10%: 8.0 | 100%: 15.2' — the layout of the paper's tables."""
-    cells = [f"{100 * float(key):g}%: {100 * entry[split][metric]:.1f}" for key, entry in results.items()
-             if isinstance(entry, dict) and split in entry and metric in entry[split]]
-    return f"{dataset}  {split} {metric} (%)  " + " | ".join(cells)
+DETECTION = DetectionTask()

@@ -1,4 +1,5 @@
-"""Linear classification: a frozen image encoder + one linear layer (CheXpert, RSNA, COVIDx).
+"""Linear classification: a frozen image encoder + one linear layer (CheXpert, RSNA, COVIDx), the `linear`
+plug-in of the downstream driver (cgns.engine.downstream).
 
 Protocol (DATASETS.md): CheXpert 5 labels and RSNA 1 label with BCE, metric macro AUROC; COVIDx 3 classes with
 cross-entropy, metric accuracy. AdamW, cosine schedule over the epoch budget, early stopping on the validation
@@ -7,34 +8,31 @@ test with the best epoch's head. Selecting by the loss is the stable choice on s
 CheXpert data (87 validation images) three head seeds gave test AUROC 0.748 / 0.780 / 0.791 selected by AUROC and
 0.780 / 0.783 / 0.791 selected by loss (same frozen features).
 
-The head trains on features computed once per split (cgns.engine.features); `cache_features=False` re-encodes the
+The head trains on features computed once per split (cgns.engine.features); `cache=False` re-encodes the
 images of every batch instead, kept for the equality test and the speed benchmark.
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
+from cgns.config import option
+from cgns.engine.downstream import (DownstreamTask, Fraction, RunConfig, SeedRun, downstream_config,
+                                    monitor_key)
 from cgns.engine.features import (FeatureSet, cached_features, data_fingerprint, encoder_fingerprint,
-                                  load_frozen_encoder, pool_features)
+                                  pool_features)
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.metrics import accuracy, auroc
 
 # dataset -> (loss kind, primary metric)
 TASKS = {"chexpert": ("multilabel", "auroc"), "rsna": ("multilabel", "auroc"), "covidx": ("multiclass", "accuracy")}
-
-
-def pct_key(pct: float) -> str:
-    """0.01 -> '0.01', 0.1 -> '0.1', 1.0 -> '1' (the keys of metrics.json)."""
-    return f"{pct:g}"
 
 
 class CachedSource:
@@ -119,14 +117,6 @@ def evaluate_head(head: torch.nn.Module, source, kind: str, class_names: Sequenc
 SELECT_BY = ("loss", "metric")
 
 
-def _monitor_key(metrics: dict, primary: str, select_by: str = "loss") -> tuple:
-    """Larger is better: (-val loss) or (val metric, -val loss)."""
-    if select_by == "loss":
-        return (-metrics["loss"],)
-    value = metrics.get(primary)
-    return (-math.inf if value is None else value, -metrics["loss"])
-
-
 def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: str, primary: str,
                       class_names: Sequence[str], epochs: int = 50, batch_size: int = 64, lr: float = 1e-3,
                       weight_decay: float = 1e-6, patience: int = 10, seed: int = 42, device: str = "cpu",
@@ -161,7 +151,7 @@ def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: s
             optimizer.step()
             step += 1
         val_metrics = evaluate_head(head, val, kind, class_names, "valid", device, warn=epoch == 0)
-        key = _monitor_key(val_metrics, primary, select_by)
+        key = monitor_key(val_metrics, primary, select_by)
         if best_key is None or key > best_key:
             best_key, bad_epochs = key, 0
             best = {"head": copy.deepcopy(head.state_dict()), "epoch": epoch, "val": val_metrics}
@@ -176,93 +166,98 @@ def train_linear_head(train, val, *, feature_dim: int, num_classes: int, kind: s
     return head, {"best_epoch": best["epoch"], "epochs_run": epoch + 1, "val": best["val"]}
 
 
-def run_linear_eval(dataset: str, *, data_root: Optional[os.PathLike] = None, encoder_name: Optional[str] = None,
-                    image_size: Optional[int] = None, checkpoint: Optional[os.PathLike] = None,
-                    image_weights: Optional[os.PathLike] = None, random_init: bool = False,
-                    resize_checkpoint: bool = False,
-                    data_pcts: Sequence[float] = (1.0,), seed: int = 42, epochs: int = 50, batch_size: int = 64,
-                    lr: float = 1e-2, weight_decay: float = 1e-6, patience: int = 10, device: str = "cpu",
-                    select_by: str = "loss", output_dir: Optional[os.PathLike] = None,
-                    feature_cache: Optional[os.PathLike] = None,
-                    cache_features: bool = True, augmented_views: int = 0, num_workers: int = 0,
-                    log=print) -> dict:
-    """Linear probe for each training fraction -> {"<pct>": {"val": {...}, "test": {...}, "train": {...}}}.
-
-    data_root None -> the demo copy (cgns.data.roots.resolve_data_root). Exactly one of checkpoint / image_weights /
-    random_init. feature_cache: folder of the on-disk feature cache (default <output_dir>/feature_cache; None and
-    no output_dir -> in-memory only). augmented_views > 0: the training features are that many augmented passes
-    (one per epoch, cycling) instead of one clean pass. Writes <output_dir>/metrics.json when output_dir is given.
-    """
-    from cgns.cli import write_metrics
-    from cgns.data.roots import resolve_data_root
-
-    if dataset not in TASKS:
-        raise ValueError(f"linear classification: unknown dataset '{dataset}' (expected one of {sorted(TASKS)})")
-    kind, primary = TASKS[dataset]
-    # the encoder first: a checkpoint that does not match the flags is refused before any data is touched
-    encoder, source = load_frozen_encoder(encoder_name, image_size, checkpoint=checkpoint,
-                                          image_weights=image_weights, random_init=random_init, seed=seed,
-                                          resize_checkpoint=resize_checkpoint)
-    root = resolve_data_root(dataset, data_root)
-    from cgns.data.datasets import build
-
-    encoder.to(device)
-    size, pooling = source["image_size"], source["pooling"]
-    log(f"linear {dataset}: encoder {source['name']} @ {size}px from {source['origin']} (pooling: {pooling})")
-    if feature_cache is None and output_dir is not None:
-        feature_cache = Path(output_dir) / "feature_cache"
-    encoder_hash = encoder_fingerprint(encoder, pooling) if cache_features else None
-    labels_fingerprint = data_fingerprint(root)
-
-    def split_dataset(split: str, pct: float, augment: bool):
-        return build("classification", dataset, split, data_root=root, image_size=size, data_pct=pct, seed=seed,
-                     augment=augment)
-
-    def split_source(split: str, pct: float = 1.0, views: int = 0):
-        if not cache_features:
-            return EncodingSource(encoder, split_dataset(split, pct, False), pooling, device, num_workers)
-        spec = {"dataset": dataset, "root": str(root.resolve()), "split": split, "data_pct": pct, "seed": seed,
-                "image_size": size, "augment": views > 0, "labels": labels_fingerprint}
-        return CachedSource(cached_features(encoder, lambda: split_dataset(split, pct, views > 0), pooling, spec,
-                                            views=max(views, 1), cache_dir=feature_cache, encoder_hash=encoder_hash,
-                                            batch_size=batch_size, device=device, num_workers=num_workers, log=log))
-
-    reference = split_dataset("valid", 1.0, False)
-    class_names = list(reference.class_names)
-    num_classes = len(class_names)
-    val, test = split_source("valid"), split_source("test")
-    results = {}
-    for pct in data_pcts:
-        start = time.perf_counter()
-        train = split_source("train", pct, augmented_views)
-        feature_dim = next(train.batches(torch.arange(1), 1, 0))[0].shape[1]
-        head, summary = train_linear_head(train, val, feature_dim=feature_dim, num_classes=num_classes, kind=kind,
-                                          primary=primary, class_names=class_names, epochs=epochs,
-                                          batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                          patience=patience, seed=seed, device=device, select_by=select_by,
-                                          log=log)
-        test_metrics = evaluate_head(head, test, kind, class_names, "test", device)
-        results[pct_key(pct)] = {
-            "val": summary["val"], "test": test_metrics,
-            "train": {"num_images": len(train), "best_epoch": summary["best_epoch"],
-                      "epochs_run": summary["epochs_run"], "seconds": round(time.perf_counter() - start, 2)}}
-        log(f"linear {dataset} {pct_key(pct)}: val {primary} {summary['val'].get(primary)} "
-            f"test {primary} {test_metrics.get(primary)} (best epoch {summary['best_epoch']})")
-    if output_dir is not None:
-        largest = results[pct_key(max(data_pcts))]
-        write_metrics(output_dir, {**results, "val": largest["val"], "test": largest["test"],
-                                   "encoder": source, "dataset": dataset, "primary_metric": primary})
-    return results
+@dataclass
+class LinearTaskConfig:
+    """The linear probe's own flags."""
+    dataset: str | None = option(None, "data set (required)", choices=sorted(TASKS))
+    patience: int = option(10, "early stopping: epochs without validation improvement")
+    select_by: str = option("loss", "best epoch by validation loss (MGCA's monitor; stable on small validation "
+                                    "sets) or by the validation AUROC / accuracy", choices=SELECT_BY)
+    feature_cache: str | None = option(None, "folder for cached features (none: <output-dir>/feature_cache)")
+    cache: bool = option(True, "train on features computed once per split (--no-cache: re-encode the images "
+                               "every epoch; slow, for comparison)")
+    augmented_views: int = option(0, "cache this many augmented passes of the training split (one per epoch) "
+                                     "instead of one clean pass")
 
 
-def paper_row(dataset: str, results: dict, split: str = "test") -> str:
-    """'chexpert  test auroc (%)  1%: 61.2 | 10%: 70.3 | 100%: 74.0' — the layout of the paper's tables."""
-    primary = TASKS[dataset][1]
-    cells = []
-    for key, entry in results.items():
-        if not isinstance(entry, dict) or split not in entry:
-            continue
-        value = entry[split].get(primary)
-        shown = "n/a" if value is None else f"{100 * value:.1f}"
-        cells.append(f"{100 * float(key):g}%: {shown}")
-    return f"{dataset}  {split} {primary} (%)  " + " | ".join(cells)
+LinearConfig = downstream_config("LinearConfig", LinearTaskConfig)
+
+
+# paper: MGCA's linear protocol (mgca_finetuner.py / ssl_finetuner.py): AdamW 5e-4, weight decay 1e-6, batch 48,
+# at most 50 epochs, early stopping on the validation loss with patience 10; 1% / 10% / 100% of the training split
+PAPER = LinearConfig(run=RunConfig(batch_size=48))
+# demo: the generated world on a CPU, whole training split; lr 1e-2 suits the standardised features of LinearProbe
+DEMO = LinearConfig(run=RunConfig(data_pct=(1.0,), batch_size=64, lr=1e-2))
+PRESETS = {"demo": DEMO, "paper": PAPER}
+
+
+class LinearTask(DownstreamTask):
+    """The linear probe as a downstream plug-in: features of the frozen encoder, cached per split."""
+    name = prefix = "linear"
+    description = "Linear probe on a frozen image encoder"
+    config_cls, presets = LinearConfig, PRESETS
+    datasets = tuple(sorted(TASKS))
+    rows = (("val", None, ""), ("test", None, ""))
+    final_keys = ("auroc", "accuracy")
+
+    def primary(self, dataset: str) -> str:
+        return TASKS[dataset][1]
+
+    def setup(self, run: SeedRun) -> None:
+        task, output_dir = run.config.task, run.config.run.output_dir
+        size, pooling = run.source["image_size"], run.source["pooling"]
+        run.log(f"linear {run.dataset}: encoder {run.source['name']} @ {size}px from {run.source['origin']} "
+                f"(pooling: {pooling})")
+        cache_dir = task.feature_cache
+        if cache_dir is None and output_dir is not None:
+            cache_dir = Path(output_dir) / "feature_cache"
+        run.state["cache_dir"] = cache_dir
+        run.state["encoder_hash"] = encoder_fingerprint(run.encoder, pooling) if task.cache else None
+        run.state["labels"] = data_fingerprint(run.root)
+        run.state["class_names"] = list(self._dataset(run, "valid", 1.0, False).class_names)
+        run.state["val"], run.state["test"] = self._source(run, "valid"), self._source(run, "test")
+
+    def _dataset(self, run: SeedRun, split: str, pct: float, augment: bool):
+        from cgns.data.datasets import build
+
+        return build("classification", run.dataset, split, data_root=run.root, image_size=run.source["image_size"],
+                     data_pct=pct, seed=run.seed, augment=augment)
+
+    def _source(self, run: SeedRun, split: str, pct: float = 1.0, views: int = 0):
+        """CachedSource of one split (EncodingSource with cache off); views > 0: that many augmented passes."""
+        config, pooling = run.config, run.source["pooling"]
+        if not config.task.cache:
+            return EncodingSource(run.encoder, self._dataset(run, split, pct, False), pooling, run.device,
+                                  config.run.num_workers)
+        spec = {"dataset": run.dataset, "root": str(run.root.resolve()), "split": split, "data_pct": pct,
+                "seed": run.seed, "image_size": run.source["image_size"], "augment": views > 0,
+                "labels": run.state["labels"]}
+        features = cached_features(run.encoder, lambda: self._dataset(run, split, pct, views > 0), pooling, spec,
+                                   views=max(views, 1), cache_dir=run.state["cache_dir"],
+                                   encoder_hash=run.state["encoder_hash"], batch_size=config.run.batch_size,
+                                   device=run.device, num_workers=config.run.num_workers, log=run.log)
+        return CachedSource(features)
+
+    def fraction(self, run: SeedRun, pct: float) -> Fraction:
+        train = self._source(run, "train", pct, run.config.task.augmented_views)
+        return Fraction(pct, train, run.state["val"], run.state["test"], len(train))
+
+    def train_head(self, run: SeedRun, data: Fraction, whitening) -> tuple:
+        config, kind, primary = run.config, *TASKS[run.dataset]
+        feature_dim = next(data.train.batches(torch.arange(1), 1, 0))[0].shape[1]
+        head, summary = train_linear_head(
+            data.train, data.val, feature_dim=feature_dim, num_classes=len(run.state["class_names"]), kind=kind,
+            primary=primary, class_names=run.state["class_names"], epochs=config.run.epochs,
+            batch_size=config.run.batch_size, lr=config.run.lr, weight_decay=config.run.weight_decay,
+            patience=config.task.patience, seed=run.seed, device=run.device, select_by=config.task.select_by,
+            log=run.log)
+        return head, summary, summary["val"]
+
+    def evaluate(self, run: SeedRun, data: Fraction, head, summary: dict) -> dict:
+        test = evaluate_head(head, data.test, TASKS[run.dataset][0], run.state["class_names"], "test", run.device)
+        return {"val": summary["val"], "test": test,
+                "train": {"num_images": data.num_train, "best_epoch": summary["best_epoch"],
+                          "epochs_run": summary["epochs_run"]}}
+
+
+LINEAR = LinearTask()
