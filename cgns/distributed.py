@@ -78,22 +78,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, no gradient: a new tensor (the input itself, untouched, in a single process)."""
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
     if not is_distributed():
         return tensor
-    total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    reduced = tensor.detach().clone()
+    dist.all_reduce(reduced, op=op)
+    return reduced
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, no gradient: a new tensor (the input itself, untouched, in a single process)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     """Minimum over ranks, no gradient: a new tensor (the input itself in a single process)."""
-    if not is_distributed():
-        return tensor
-    low = tensor.detach().clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    return low
+    return _all_reduce(tensor, dist.ReduceOp.MIN)
 
 
 def gather_rows(rows: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
