@@ -1,6 +1,6 @@
 """Detection with a YOLOv3 head on a frozen (or fine-tuned) image encoder: RSNA pneumonia boxes or Object-CXR.
 
-    python train_detect.py --dataset rsna --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
+    python train_detect.py --dataset rsna --data-pct 0.01 0.1 1 --checkpoint runs/pretrain_demo/checkpoints/final.pt
     python train_detect.py --dataset object_cxr --random-init --image-encoder resnet50 --image-size 224
     python train_detect.py --dataset rsna --random-init --image-encoder vit_tiny --image-size 64 \
         --whiten-shrinkage off 0 0.1

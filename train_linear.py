@@ -1,6 +1,6 @@
 """Linear classification with a frozen image encoder (CheXpert, RSNA, COVIDx), one or several data fractions.
 
-    python train_linear.py --dataset chexpert --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
+    python train_linear.py --dataset chexpert --data-pct 0.01 0.1 1 --checkpoint runs/pretrain_demo/checkpoints/final.pt
     python train_linear.py --config paper --dataset covidx --random-init --image-encoder resnet50 --data-root DIR
     python train_linear.py --config runs/linear_chexpert/config.json        # the same run again
 

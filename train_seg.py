@@ -1,8 +1,8 @@
 """Segmentation with a U-Net decoder on a (frozen by default) image encoder: SIIM pneumothorax, RSNA boxes-as-masks.
 
-    python train_seg.py --dataset siim --data-pct 0.01 0.1 1 --checkpoint runs/demo/checkpoints/final.pt
+    python train_seg.py --dataset siim --data-pct 0.01 0.1 1 --checkpoint runs/pretrain_demo/checkpoints/final.pt
     python train_seg.py --config paper --dataset rsna --random-init --image-encoder resnet50 --finetune --data-root DIR
-    python train_seg.py --dataset siim --checkpoint runs/demo/checkpoints/final.pt --whiten-shrinkage off 0 0.1
+    python train_seg.py --dataset siim --checkpoint runs/pretrain_demo/checkpoints/final.pt --whiten-shrinkage off
 
 Presets (`--config demo|paper|FILE`) and flags: cgns.engine.segment (SegmentationConfig, PRESETS). Prints the
 paper-style row (1% / 10% / 100% Dice) and writes <output-dir>/config.json, metrics.json

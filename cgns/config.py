@@ -30,13 +30,14 @@ CONFIG_FILE = "config.json"
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices: Sequence | None = None,
            parse: Callable[[str], Any] | None = None, metavar: str | None = None,
-           default_factory=dataclasses.MISSING) -> Any:
+           show: Callable[[Any], str] | None = None, default_factory=dataclasses.MISSING) -> Any:
     """A dataclass field that is also a command-line flag (`--name-with-dashes`).
 
     `parse` converts one command-line word (default: from the field's type); a list / tuple field takes one or more
-    words; a bool field becomes `--name` / `--no-name`.
+    words; a bool field becomes `--name` / `--no-name`. `show` writes one value as --help shows it (default: str,
+    None as "none").
     """
-    metadata = {"flag": True, "help": help, "choices": choices, "parse": parse, "metavar": metavar}
+    metadata = {"flag": True, "help": help, "choices": choices, "parse": parse, "metavar": metavar, "show": show}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -152,7 +153,7 @@ class ConfigParser:
         flag = "--" + f.name.replace("_", "-")
         # default=SUPPRESS: only flags given on the command line appear in the namespace; --help shows `value`
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
-                                      help=f"{meta['help']} (default: {_show(value)})".strip())
+                                      help=f"{meta['help']} (default: {_show(value, meta['show'])})".strip())
         scalar = _scalar_type(kind)
         if scalar is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -194,7 +195,9 @@ def override(config, values: dict):
     return dataclasses.replace(config, **changed) if changed else config
 
 
-def _show(value) -> str:
+def _show(value, show: Callable[[Any], str] | None = None) -> str:
     if isinstance(value, (list, tuple)):
-        return " ".join(_show(v) for v in value)
+        return " ".join(_show(v, show) for v in value)
+    if show is not None:
+        return show(value)
     return "none" if value is None else str(value)

@@ -38,9 +38,9 @@ mkdir -p runs
 det() { local name=$1; shift; local t; t=$(left); [ "$t" -gt 20 ] || { echo "== $name skipped (no time)" >> runs/$name.log; return; }
   timeout $t python3 train_detect.py "$@" ${DET_EXTRA:---epochs 30} --data-pct 1 --output-dir runs/$name > runs/$name.log 2>&1; echo "== $name rc $? at $((SECONDS - T0)) s" >> runs/$name.log; }
 R50="--image-encoder resnet50"
-( DEADLINE=$((DEADLINE - 90)); for s in ${SEEDS:-0 1 2}; do det obj_rand_s$s --dataset object_cxr --random-init $R50 --image-size 256 --seed $s; done ) &
+( DEADLINE=$((DEADLINE - 90)); for s in ${SEEDS:-0 1 2}; do det obj_rand_s$s --dataset object_cxr --random-init $R50 --image-size 256 --seeds $s; done ) &
 A=$!
-( DEADLINE=$((DEADLINE - 90)); for s in ${RSNA_SEEDS:-0}; do det rsna_rand_s$s --dataset rsna --random-init $R50 --image-size 224 --seed $s; done ) &
+( DEADLINE=$((DEADLINE - 90)); for s in ${RSNA_SEEDS:-0}; do det rsna_rand_s$s --dataset rsna --random-init $R50 --image-size 224 --seeds $s; done ) &
 B=$!
 stamp "pretrain"
 OMP_NUM_THREADS=4 timeout $(( $(left) - 180 )) python3 train_pretrain.py $R50 --image-size 224 --stage1-epochs ${EP1:-20} --stage2-epochs ${EP2:-2} \
@@ -48,10 +48,10 @@ OMP_NUM_THREADS=4 timeout $(( $(left) - 180 )) python3 train_pretrain.py $R50 --
 stamp "pretrain rc $?"; tail -4 $OUT/pretrain.log
 CK=runs/r50/checkpoints/final.pt; [ -f $CK ] || CK=runs/r50/checkpoints/latest.pt; stamp "checkpoint $CK"
 DEADLINE=$((DEADLINE - 90))   # the pretrained lanes leave 90 s for the kernel benchmark
-for s in ${SEEDS:-0 1 2}; do det obj_pre_s$s --dataset object_cxr --checkpoint $CK --resize-checkpoint --image-size 256 --seed $s & done
-for s in ${RSNA_SEEDS:-0}; do det rsna_pre_s$s --dataset rsna --checkpoint $CK --seed $s & done
-for s in ${FTSEEDS:-0}; do det objft_pre_s$s --dataset object_cxr --checkpoint $CK --resize-checkpoint --image-size 256 --seed $s --finetune --encoder-lr-scale 0.1 &
-  det objft_rand_s$s --dataset object_cxr --random-init $R50 --image-size 256 --seed $s --finetune --encoder-lr-scale 0.1 & done
+for s in ${SEEDS:-0 1 2}; do det obj_pre_s$s --dataset object_cxr --checkpoint $CK --resize-checkpoint --image-size 256 --seeds $s & done
+for s in ${RSNA_SEEDS:-0}; do det rsna_pre_s$s --dataset rsna --checkpoint $CK --seeds $s & done
+for s in ${FTSEEDS:-0}; do det objft_pre_s$s --dataset object_cxr --checkpoint $CK --resize-checkpoint --image-size 256 --seeds $s --finetune &
+  det objft_rand_s$s --dataset object_cxr --random-init $R50 --image-size 256 --seeds $s --finetune & done
 ( t=$(( $(left) - 30 )); timeout $t python3 train_linear.py --dataset chexpert --data-pct 0.01 0.1 1 --checkpoint $CK ${LIN_EXTRA:-} --output-dir runs/lin_pre > runs/lin_pre.log 2>&1
   t=$(( $(left) - 30 )); timeout $t python3 train_linear.py --dataset chexpert --data-pct 0.01 0.1 1 --random-init $R50 --image-size 224 ${LIN_EXTRA:-} --output-dir runs/lin_rand > runs/lin_rand.log 2>&1 ) &
 F=$!

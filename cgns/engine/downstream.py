@@ -52,7 +52,7 @@ def whiten_option() -> Any:
     return option((None,), "fixed whitening of the frozen encoder's maps before the head, fitted on the training "
                            "split: 'off' (none, the protocol), 0 (full) or a shrinkage > 0 (partial). Several "
                            "values: one head each, the best on validation is tested (e.g. off 0 0.1)",
-                  parse=_shrinkage, metavar="S")
+                  parse=_shrinkage, metavar="S", show=lambda value: "off" if value is None else f"{value:g}")
 
 
 @dataclass
