@@ -75,10 +75,21 @@ def test_chexpert_labels_follow_the_uncertainty_policy(test_world, caches):
     records = by_id(caches["chexpert"])
     frontal = {k: v for k, v in images.items() if v["view"] != "LATERAL"}
     assert set(records) == set(frontal)
+    # DATASETS.md, written out here rather than read from the loader's own table: uncertain -> 1 ("U-ones") for
+    # Atelectasis, Edema, Pleural Effusion and -> 0 ("U-zeros") for Cardiomegaly, Consolidation; blank -> 0
+    uncertain_as = {"Atelectasis": 1.0, "Cardiomegaly": 0.0, "Consolidation": 0.0, "Edema": 1.0,
+                    "Pleural Effusion": 1.0}
+    assert list(chexpert.CLASS_NAMES) == list(uncertain_as)
     for path, gt in frontal.items():
-        expected = [chexpert.UNCERTAIN_AS[n] if gt["labels"][n] == -1 else float(gt["labels"][n] or 0.0)
-                    for n in chexpert.CLASS_NAMES]
+        expected = [uncertain_as[n] if gt["labels"][n] == -1 else float(gt["labels"][n] or 0.0)
+                    for n in uncertain_as]
         assert records[path]["label"] == expected
+    # the test world holds uncertain labels of both policies (Cardiomegaly and Pleural Effusion), so both are
+    # exercised through the loader above; parse_label checks every class's policy one by one
+    uncertain = {n for gt in frontal.values() for n in uncertain_as if gt["labels"][n] == -1}
+    assert {uncertain_as[n] for n in uncertain} == {0.0, 1.0}, uncertain
+    for name, value in uncertain_as.items():
+        assert chexpert.parse_label("-1", name, "row") == value and chexpert.parse_label("", name, "row") == 0.0
     dataset = build("classification", "chexpert", "test", data_root=test_world / "chexpert")
     assert dataset.class_names == chexpert.CLASS_NAMES and dataset.num_classes == 5
     item = dataset[0]

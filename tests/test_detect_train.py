@@ -21,6 +21,8 @@ def test_main_trains_and_scores_every_test_image(test_world, tmp_path, dataset, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(results) == set(fractions) and metrics["1"]["test"] == metrics["test"]
     full = metrics["1"]
+    # last/first epoch loss max 0.706 (object_cxr), 0.651 (rsna) over driver seeds 42, 0-3, 1/2 threads,
+    # torch 2.13.0/2.14.1; threshold 0.8
     assert full["train"]["last_epoch_loss"] < 0.8 * full["train"]["first_epoch_loss"], full["train"]
     if "0.5" in fractions:
         assert metrics["0.5"]["train"]["num_images"] < full["train"]["num_images"]

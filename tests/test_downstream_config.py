@@ -24,9 +24,12 @@ def _flags(config):
             for section, cls in sections(type(config)).items() for f in flag_fields(cls)]
 
 
-def _shown(value) -> str:
+def _shown(value, flag: str = "") -> str:
+    """How --help writes a preset value: None as "none"; a whitening candidate as "off" or its number."""
     if isinstance(value, tuple):
-        return " ".join(_shown(v) for v in value)
+        return " ".join(_shown(v, flag) for v in value)
+    if flag == "--whiten-shrinkage":
+        return "off" if value is None else f"{value:g}"
     return "none" if value is None else str(value)
 
 
@@ -59,7 +62,7 @@ def test_help_shows_every_flag_with_the_preset_value(script, task, config_cls, d
     flags = _flags(task.parser.presets[preset])
     starts = [text.index(f" {flag} " if f" {flag} " in text else f" {flag},") for flag, _ in flags]
     for (flag, value), start, end in zip(flags, starts, starts[1:] + [len(text)]):
-        assert f"(default: {_shown(value)})" in text[start:end], (flag, text[start:end])
+        assert f"(default: {_shown(value, flag)})" in text[start:end], (flag, text[start:end])
 
 
 @pytest.mark.parametrize("script, task, config_cls, dataset", SCRIPTS)

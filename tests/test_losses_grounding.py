@@ -66,7 +66,7 @@ def test_sentences_trained_by_it_attend_to_their_finding():
     term alone come to attend to their own image's finding patch (the background is what every image has). The
     objective is not convex: a sentence can settle in a poor optimum, so most, not all, must find it."""
     generator = torch.Generator().manual_seed(0)
-    batch, num_patches, dim = 8, 16, 16
+    batch, num_patches, dim = 8, 16, 64    # at D=16 a sentence or two per seed settled on a confuser: 5 of 8
     background = F.normalize(torch.randn(dim, generator=generator), dim=0)
     findings = F.normalize(torch.randn(batch, dim, generator=generator), dim=-1)
     where = torch.randint(num_patches, (batch,), generator=generator)
@@ -88,8 +88,11 @@ def test_sentences_trained_by_it_attend_to_their_finding():
         grounding_loss(sentences, mask, patches)["grounding"].backward()
         optimiser.step()
     after = weight_on_finding()
-    assert int((before > 0.5).sum()) <= 1, before                                        # uniform would be 1/16
-    assert int((after > 0.5).sum()) >= 6, after                                          # measured: 6 of 8, ~0.85
+    # before: uniform would be 1/16; max 0 over seeds 0-4, 1/2 threads, torch 2.13.0/2.14.1; threshold 1
+    assert int((before > 0.5).sum()) <= 1, before
+    # min 8 of 8 over seeds 0-4, 1/2 threads, torch 2.13.0/2.14.1 (min 7 over seeds 0-19, 1 thread, 2.13.0);
+    # threshold 6
+    assert int((after > 0.5).sum()) >= 6, after
 
 
 # ------------------------------------------------------------------------------------------------ 2 ranks

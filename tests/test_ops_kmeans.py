@@ -210,6 +210,19 @@ def test_momentum_update_hand_computed(mode):
         ops.momentum_update(centroids, sums, counts, mode="median")
 
 
+@pytest.mark.parametrize("mode,expected", [
+    # new = 0.1 * S + 0.9 * old, by hand: row 0 S = (4, 2) or its mean (2, 1); row 2 S = (3, 3) or (1, 1)
+    ("sum", [[1.3, 1.1], [2.0, 0.0], [0.3, 4.8]]),
+    ("mean", [[1.1, 1.0], [2.0, 0.0], [0.1, 4.6]])])
+def test_momentum_update_at_an_asymmetric_rate(mode, expected):
+    """At lr 0.5 lr and 1 - lr are the same number; at 0.1 a swapped pair of weights shows."""
+    centroids = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 5.0]], dtype=torch.float64)
+    sums = torch.tensor([[4.0, 2.0], [0.0, 0.0], [3.0, 3.0]], dtype=torch.float64)
+    counts = torch.tensor([2, 0, 3])
+    new = ops.momentum_update(centroids, sums, counts, lr=0.1, mode=mode)
+    torch.testing.assert_close(new, torch.tensor(expected, dtype=torch.float64))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cpu_equals_cuda(extension):
     _device_ready("cuda", extension)

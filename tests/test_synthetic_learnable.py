@@ -79,6 +79,7 @@ def test_small_cnn_learns_chexpert_labels_from_images(tmp_path):
     aucs = {name: roc_auc_score(y_valid[:, k].numpy(), scores[:, k]) for k, name in enumerate(COMPETITION_LABELS)}
     macro = float(np.mean(list(aucs.values())))
     print(f"CNN macro AUROC {macro:.3f}", {k: round(v, 3) for k, v in aucs.items()})
+    # min 0.877 over torch/batch seeds 0-4 (data seed 3 kept), 1/2 threads, torch 2.13.0/2.14.1; threshold 0.80
     assert macro >= 0.80, f"macro AUROC {macro:.3f} < 0.80: {aucs}"
 
 
@@ -104,6 +105,7 @@ def test_bag_of_words_recovers_report_labels(tmp_path):
         aucs[name] = roc_auc_score(y[n_train:, k], clf.decision_function(x[n_train:]))
     macro = float(np.mean(list(aucs.values())))
     print(f"bag-of-words macro AUROC {macro:.3f}", {k: round(v, 3) for k, v in aucs.items()})
+    # min 0.994 over data seeds 5-9, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.95
     assert macro >= 0.95, f"macro AUROC {macro:.3f} < 0.95: {aucs}"
 
 

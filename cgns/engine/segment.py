@@ -230,7 +230,7 @@ PAPER = SegmentationConfig(run=RunConfig(weight_decay=0.05))
 # demo: the recipe that works on the generated world at 64 px (measured on SIIM, where the former defaults, base
 # decoder, 20 epochs, patience 5, no whitening, stayed at the empty baseline): small decoder, 40 epochs, patience
 # 15, and three heads (no whitening, full, shrinkage 0.1) of which validation picks one: the demo encoder's maps
-# hold over 90% of their variance in 5 of 128 directions, and an unwhitened head underfits them (docs/EVALUATION.md)
+# hold over 90% of their variance in 5 of 192 directions, and an unwhitened head underfits them (docs/EVALUATION.md)
 DEMO = SegmentationConfig(run=RunConfig(data_pct=(1.0,), epochs=40),
                           task=SegmentationTaskConfig(patience=15, decoder_width="small",
                                                       whiten_shrinkage=(None, 0.0, 0.1)))
