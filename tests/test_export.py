@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from cgns import load_model
 from cgns.export import export_model, main
+from cgns.models.encoders import load_image_encoder
 from cgns.models.resnet import resnet50
 from cgns.models.vit import vit_tiny
 from test_model_api import pretrain_tiny
@@ -64,6 +65,12 @@ def test_exported_vit_is_a_timm_state_dict_with_the_checkpoints_features(run_dir
     with torch.no_grad():
         got, expected = backbone.eval()(batch), original.model.image_encoder.backbone(batch)
     assert (got - expected).abs().max() <= 1e-6
+    # both files are --image-weights for the downstream scripts: the checkpoint's encoder, feature for feature
+    reference = load_image_encoder("vit_tiny", 32, checkpoint=run_dir / "checkpoints" / "latest.pt").eval()
+    for name in ("image_encoder.safetensors", "image_encoder.pth"):
+        encoder = load_image_encoder("vit_tiny", 32, image_weights=out / name).eval()
+        with torch.no_grad():
+            assert (encoder(batch)["local"] - reference(batch)["local"]).abs().max() <= 1e-6, name
 
 
 def test_exported_resnet50_is_a_torchvision_state_dict(run_dir, tmp_path):
