@@ -1,6 +1,9 @@
 """Input masking of the ViT (--mask-ratio) and the MAE-style CM-MIR (--mir-masking input): the masked forward
 against the unmasked one and a hand-kept reference, the gathered targets against F.unfold, the fused gathers on the
 training path (forward and backward), refusals, and an exact resume with masking on."""
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,3 +212,26 @@ def test_resume_is_bit_exact_with_masking_on(tmp_path, monkeypatch):
     other.resume(ckpt.find_resume(tmp_path / "other"))
     other.fit()
     assert any(not torch.equal(v, other.raw.state_dict()[k]) for k, v in straight.raw.state_dict().items())
+
+
+def test_train_pretrain_with_input_masking_goes_through_both_fused_gathers(test_world, tmp_path, monkeypatch):
+    from cgns.ops import extension_available
+    if not extension_available():
+        pytest.skip("the compiled extension is not built (the reference ops have no autograd Function)")
+    import train_pretrain
+    from test_pretrain_main import TINY
+
+    counting = Counting(monkeypatch)
+    # 32 training pairs, batch 16: steps 1-2 are stage 1, step 3 is stage 2 (adds the MAE-style CM-MIR)
+    metrics = train_pretrain.main(["--data-root", str(test_world / "mimic_cxr"), "--output-dir", str(tmp_path),
+                                   *TINY, "--batch-size", "16", "--stage1-epochs", "1", "--stage2-epochs", "1",
+                                   "--mask-ratio", "0.5", "--mir-masking", "input", "--max-steps", "3"])
+    assert metrics["steps"] == 3
+    calls = counting.calls
+    assert calls["_MaskedPatchGather.forward"] == 3 and calls["_MaskedPatchGather.backward"] == 3
+    assert calls["_GatherPatches.forward"] == 2 and calls["_GatherPatches.backward"] == 1      # step 3 only
+    config = json.load(open(tmp_path / "config.json"))["model"]
+    assert config["mask_ratio"] == 0.5 and config["mir_masking"] == "input"
+    train = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"train"' in line]
+    assert "loss/reconstruction" in train[-1] and all(math.isfinite(v) for k, v in train[-1].items()
+                                                       if k.startswith("loss/"))
