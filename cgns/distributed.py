@@ -129,7 +129,10 @@ def global_mean(local_sum: torch.Tensor, local_count) -> torch.Tensor:
     batch (as one process on the whole batch would), even when ranks hold different numbers of items. The value on
     one rank is its share; the mean over ranks is the global mean. An empty total gives 0.
     """
-    count = torch.as_tensor(local_count, dtype=torch.float32, device=local_sum.device)
+    if isinstance(local_count, torch.Tensor):
+        count = local_count.to(device=local_sum.device, dtype=torch.float32)
+    else:  # a host number becomes a device fill, not a host-to-device copy (which would wait on the device)
+        count = torch.full((), float(local_count), dtype=torch.float32, device=local_sum.device)
     if not is_distributed():
         return local_sum / count.clamp(min=1.0)
     return dist.get_world_size() * local_sum / all_reduce_sum(count).clamp(min=1.0)

@@ -94,6 +94,43 @@ def _nan_on_one_rank(info, out_dir):
             "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
 
 
+def _masked_cgns_run(info, out_dir, shards: int, shard: int):
+    """The real model with input masking and MAE-style CM-MIR (stage 2, k-means on from the first step), 2 steps
+    on fixed global batches of 8 with the same patch noise per pair however the batch is split; this shard's pairs
+    go through the pretraining collate. Returns the gradients of each step and the final parameters."""
+    from cgns.data.datasets import collate_pretrain
+    from cgns.models.cgns import CGNSModel
+    from test_models_cgns import tiny_batch, tiny_config
+
+    torch.manual_seed(0)
+    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", kmeans_start_cosine=1.0))
+    for module in model.modules():                     # no dropout: the ranks' RNG streams differ
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    cfg = LoopConfig(batch_size=8 // shards, lr=1e-3, log_every=1, validate=False, progress=False, amp="none",
+                     clip_grad=1.0)
+    trainer = Pretrainer(model, train_set=[None] * 8, val_set=None, collate_fn=collate_pretrain, cfg=cfg, info=info,
+                         output_dir=out_dir, model_config=model.config.to_dict())
+    trainer.progress.stage = 2
+    grads, real_step = [], trainer.optimizer.step
+
+    def capture(*args, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None})
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    size = 8 // shards
+    for step in range(STEPS):
+        pairs = tiny_batch(batch=8, seed=step)
+        pairs["patch_noise"] = torch.rand(8, 4, generator=torch.Generator().manual_seed(100 + step))
+        items = [{k: v[i] for k, v in pairs.items()} for i in range(shard * size, (shard + 1) * size)]
+        stepped = trainer._optimizer_step([collate_pretrain(items)])
+        trainer.progress.global_step += 1
+        trainer._after_step(stepped, cfg.lr)
+    trainer.logger.close()
+    return {"grads": grads, "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
+
+
 def _worker(rank, port, out_dir):
     # torchrun's own set-up: the launcher hosts the rendezvous store and every rank joins it as a client
     # (TORCHELASTIC_USE_AGENT_STORE), so init_distributed's env:// path runs exactly as under torchrun.
@@ -104,6 +141,7 @@ def _worker(rank, port, out_dir):
     try:
         result = _run(info, os.path.join(out_dir, "ddp"), shards=2, shard=rank)
         result["nan"] = _nan_on_one_rank(info, os.path.join(out_dir, "nan"))
+        result["masked"] = _masked_cgns_run(info, os.path.join(out_dir, "masked"), shards=2, shard=rank)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         cleanup_distributed()
@@ -153,6 +191,22 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for name, param in ranks[0]["nan"]["params"].items():
         assert torch.equal(param, ranks[1]["nan"]["params"][name]), name
     assert one_log[0]["loss/global"] != pytest.approx(one_log[1]["loss/global"], abs=1e-4)  # not a constant
+
+
+    # the real model with input masking and MAE-style CM-MIR: two ranks = one process on the same global batch
+    one = _masked_cgns_run(DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True),
+                           str(tmp_path / "masked_one"), shards=1, shard=0)
+    for step in range(STEPS):
+        assert set(one["grads"][step]) == set(ranks[0]["masked"]["grads"][step])
+        assert "decoder.mask_token" in one["grads"][step]
+        for name, grad in one["grads"][step].items():
+            for rank in ranks:
+                torch.testing.assert_close(rank["masked"]["grads"][step][name], grad, atol=2e-5, rtol=1e-4,
+                                           msg=f"masked run, step {step} gradient of {name}")
+    # (step 2's gradients already test step 1's update; Adam's normalisation would blow float noise in near-zero
+    # gradients up to lr-sized parameter differences, so the parameters are compared between the ranks only)
+    for name, param in one["params"].items():
+        assert torch.equal(ranks[0]["masked"]["params"][name], ranks[1]["masked"]["params"][name]), name
 
 
 def test_resumable_sampler_splits_and_resumes():

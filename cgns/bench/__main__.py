@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 
-AREAS = ("kernels", "heads", "grounding", "pretrain", "loader", "linear", "synthetic")
+AREAS = ("kernels", "heads", "grounding", "pretrain", "masking", "loader", "linear", "synthetic")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

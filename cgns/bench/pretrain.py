@@ -19,14 +19,19 @@ SENTENCE_TOKENS = 10
 
 def fake_batch(batch_size: int, image_size: int, length: int, vocab: int, device) -> dict:
     """Random pairs: images [B,3,S,S], reports of (length-2)//10 sentences of 10 tokens."""
+    from cgns.data.datasets import sentence_layout
+
     generator = torch.Generator().manual_seed(0)
     sentence_index = torch.zeros(batch_size, length, dtype=torch.long)
     body = torch.arange(length - 2) // SENTENCE_TOKENS + 1
     sentence_index[:, 1:length - 1] = body
+    input_ids = torch.randint(5, vocab, (batch_size, length), generator=generator)
+    layout = sentence_layout(sentence_index, input_ids)   # as the collate function adds it
     return {"image": torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device),
-            "input_ids": torch.randint(5, vocab, (batch_size, length), generator=generator).to(device),
+            "input_ids": input_ids.to(device),
             "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
-            "sentence_index": sentence_index.to(device), "index": torch.arange(batch_size, device=device)}
+            "sentence_index": sentence_index.to(device), "index": torch.arange(batch_size, device=device),
+            **layout, "sentence_rows": layout["sentence_rows"].to(device)}
 
 
 def measure(config, batch_size: int, steps: int, warmup: int, device, amp: str, stage: int = 2) -> dict:

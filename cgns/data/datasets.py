@@ -174,10 +174,39 @@ def build(task: str, dataset: str, split: str, *, data_root: str | os.PathLike |
 
 
 def collate(task: str):
-    """collate_fn for `task`: default stacking, except detection boxes stay a list of float[n_i, 4]."""
+    """collate_fn for `task`: default stacking, except detection boxes stay a list of float[n_i, 4] and pretraining
+    batches carry their sentence layout (collate_pretrain)."""
     if task == "detection":
         return _collate_detection
+    if task == "pretrain":
+        return collate_pretrain
     return default_collate
+
+
+def collate_pretrain(items: list[dict]) -> dict:
+    """Stacked pretraining items plus their sentence_layout (what the step would otherwise have to read back from
+    the device, computed here on the CPU once per batch)."""
+    batch = default_collate(items)
+    batch.update(sentence_layout(batch["sentence_index"], batch["input_ids"], batch.get("index")))
+    return batch
+
+
+def sentence_layout(sentence_index: torch.Tensor, input_ids: torch.Tensor, index=None) -> dict:
+    """CPU tensors sentence_index / input_ids long[B,T] -> {num_sentences: int (the largest sentence number S),
+    sentence_rows: long[N] (b*S + s of every sentence that has tokens, row-major), max_token_id: int}. Reports
+    without any sentence are refused, naming their dataset indices (index long[B]) when given."""
+    num_sentences = int(sentence_index.max()) if sentence_index.numel() else 0
+    present = torch.zeros(sentence_index.shape[0], num_sentences + 1, dtype=torch.bool)
+    present.scatter_(1, sentence_index, True)
+    present = present[:, 1:]                                                              # [B,S]
+    empty = (~present.any(dim=1)).nonzero()[:, 0].tolist()
+    if empty:
+        names = [int(index[i]) for i in empty] if index is not None else empty
+        raise ValueError(f"report(s) without any sentence in this batch (sentence_index all 0) at "
+                         f"{'dataset index' if index is not None else 'batch position'} {names}; such studies "
+                         f"must be filtered out before training")
+    return {"num_sentences": num_sentences, "sentence_rows": present.flatten().nonzero()[:, 0],
+            "max_token_id": int(input_ids.max()) if input_ids.numel() else 0}
 
 
 def _collate_detection(items: list[dict]) -> dict:

@@ -43,6 +43,7 @@ class LoopConfig:
     warmup_epochs: float = option(1.0, "linear warm-up from 1e-7 per step, then cosine to 0; per stage")
     clip_grad: float = option(0.0, "max gradient norm (0: off)")
     amp: str = option("fp16", "mixed precision (GPU only; fp16 with a GradScaler)", choices=("none", "bf16", "fp16"))
+    compile: bool = option(False, "torch.compile the image and text encoders (GPU; off by default)")
     stage1_epochs: int = option(10, "epochs of stage 1 (losses 1-3)")
     stage2_epochs: int = option(20, "epochs of stage 2 (adds CM-MIR); 0 skips it")
     stage2_init: str = option("last", "stage 2 starts from the end of stage 1 or its best validation checkpoint",
@@ -89,7 +90,7 @@ class Pretrainer:
 
     def __init__(self, model: torch.nn.Module, *, train_set, val_set, collate_fn, cfg: LoopConfig, info: DistInfo,
                  output_dir, model_config: dict, run_args: dict | None = None, extra_state: dict | None = None):
-        self.raw = model.to(info.device)
+        self.raw = prepare_for_device(model.to(info.device), info.device, compile_towers=cfg.compile)
         self.train_set, self.val_set, self.collate_fn = train_set, val_set, collate_fn
         self.cfg, self.info, self.output_dir = cfg, info, output_dir
         self.model_config = model_config
@@ -111,6 +112,8 @@ class Pretrainer:
                              f"{cfg.batch_size} x {cfg.accum_steps} accumulation x {info.world_size} processes")
         self.progress = Progress()
         self.optimizer = self._new_optimizer()
+        self._reset_health()
+        self._train_loader = None
         self.logger = RunLogger(output_dir, info.is_main)
         self.last_val: dict = {}
         self._loss_sums: dict = {}
@@ -132,16 +135,22 @@ class Pretrainer:
 
     def _new_optimizer(self):
         params = [p for p in self.raw.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # On a GPU the fused kernel: one launch, and it skips a flagged step on the device (found_inf). On the CPU
+        # the default implementation, whose figures the demo prints (fused rounds differently in the last bit).
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, **fused)
 
     def stage_epochs(self, stage: int) -> int:
         return self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
 
-    def _loader(self, dataset, sampler, batch_size, drop_last):
+    def _loader(self, dataset, sampler, batch_size, drop_last, persistent=False):
+        # On a GPU: pinned batches (the copy to the device does not wait) and 4 batches prefetched per worker;
+        # persistent workers for the training loader, which is then built once and iterated once per epoch.
+        workers, cuda = self.cfg.num_workers, self.device.type == "cuda"
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=self.collate_fn,
-            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            num_workers=workers, pin_memory=cuda, persistent_workers=persistent and cuda and workers > 0,
+            prefetch_factor=4 if cuda and workers > 0 else None,
             # its own generator, so creating an iterator never draws from the global RNG (exact resume)
             generator=torch.Generator().manual_seed(self.cfg.seed + self.info.rank))
 
@@ -161,6 +170,7 @@ class Pretrainer:
 
     def save(self, *names: str) -> None:
         """Write the current state under checkpoints/<name> for each name (rank 0 writes, all ranks wait)."""
+        self._check_health()  # Progress.bad_steps up to date in the checkpoint
         state = self.state_dict()  # collective: every rank takes part
         if self.info.is_main and self.output_dir is not None:
             for name in names:
@@ -182,6 +192,7 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][self.info.rank])
+        self._reset_health(self.progress.bad_steps)
         self.logger.event(f"resumed from {path} at stage {self.progress.stage}, epoch {self.progress.epoch}, "
                           f"step {self.progress.global_step} (batch {self.progress.batch_in_epoch} of the epoch)",
                           step=self.progress.global_step, stage=self.progress.stage)
@@ -244,6 +255,7 @@ class Pretrainer:
             else:
                 source += " because no stage1_best.pt exists (no validation ran)"
         p.stage, p.epoch, p.stage_step, p.batch_in_epoch, p.bad_steps = 2, 0, 0, 0, 0
+        self._reset_health()
         p.stage2_from = source
         self.optimizer = self._new_optimizer()
         self.logger.event(f"stage 2 (adds CM-MIR) starts from {source}", step=p.global_step, stage=2)
@@ -254,7 +266,10 @@ class Pretrainer:
         p, cfg = self.progress, self.cfg
         micro_per_epoch = self.steps_per_epoch * cfg.accum_steps
         self.sampler.set_epoch(p.epoch + 1000 * (p.stage - 1), start=p.batch_in_epoch * cfg.batch_size)
-        batches = iter(self._loader(self.train_set, self.sampler, cfg.batch_size, drop_last=True))
+        if self._train_loader is None or not self._train_loader.persistent_workers:
+            self._train_loader = self._loader(self.train_set, self.sampler, cfg.batch_size, drop_last=True,
+                                              persistent=True)
+        batches = iter(self._train_loader)
         total_steps = self.steps_per_epoch * self.stage_epochs(p.stage)
         warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         if cfg.progress:
@@ -272,12 +287,14 @@ class Pretrainer:
             self._after_step(stepped, lr)
         self.logger.close_bar()
 
-    def _optimizer_step(self, micro_batches: list) -> bool:
+    def _optimizer_step(self, micro_batches: list) -> torch.Tensor:
         """Forward/backward every micro-batch (gradients synchronised on the last only), then one update.
 
-        Returns False when a loss was NaN/inf on any rank: then no rank steps, the gradients are dropped.
+        Returns a device bool, False when a loss was NaN/inf on any rank: then no rank's parameters or optimiser
+        state change. Nothing here reads a device value on the host (the flag is read at log and save steps).
         """
-        finite = True
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        step_sums, step_stats = {}, None
         for i, batch in enumerate(micro_batches):
             batch = move_to(batch, self.device)
             last = i == len(micro_batches) - 1
@@ -286,45 +303,84 @@ class Pretrainer:
                 with self.autocast():
                     losses, stats = self.model(batch, stage=self.progress.stage)
                     loss = total_loss(losses)
-                # every rank must agree to skip, or DDP's collectives would hang; costs one small sync per micro-step
-                ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-                if not bool(all_reduce_min(ok).item()):
-                    finite = False
-                    continue
                 self.scaler.scale(loss / len(micro_batches)).backward()
-            self._accumulate(losses, loss, stats, batch)
-        if finite:
-            if self.cfg.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                self._grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            finite = finite & torch.isfinite(loss.detach())
+            for name, value in {**losses, "total": loss}.items():
+                step_sums[name] = step_sums.get(name, 0.0) + value.detach().float()
+            step_stats = stats
+            self._throughput.add(int(batch["image"].shape[0]) * self.info.world_size)
+        # every rank must agree to skip (their parameters must stay identical): one small all-reduce, no host read
+        finite = all_reduce_min(finite.to(torch.int32).reshape(1))[0].bool()
+        self._guarded_update(finite)
         self.optimizer.zero_grad(set_to_none=True)
+        self._accumulate(step_sums, step_stats, finite, len(micro_batches))
         return finite
 
-    def _accumulate(self, losses: dict, loss: torch.Tensor, stats: dict, batch: dict) -> None:
-        for name, value in {**losses, "total": loss}.items():
-            value = value.detach().float()
-            self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value
-        self._loss_count += 1
-        self._last_stats = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
-        self._throughput.add(int(batch["image"].shape[0]) * self.info.world_size)
-
-    def _after_step(self, stepped: bool, lr: float) -> None:
-        p, cfg = self.progress, self.cfg
-        if stepped:
-            p.bad_steps = 0
+    def _guarded_update(self, finite: torch.Tensor) -> None:
+        """Clip and step, with the step's effect on parameters AND optimiser state (moments, step count) dropped on
+        the device where finite is False."""
+        bad = ~finite
+        if self.scaler.is_enabled():  # fp16: the scaler skips a step whose gradients hold an inf/NaN
+            poisoned = next(p.grad for p in self.raw.parameters() if p.grad is not None)
+            poisoned.add_(torch.where(bad, float("nan"), 0.0).to(poisoned.dtype))
+        if self.cfg.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.clip_grad)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = bad.float()  # the fused kernel leaves everything as it was
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
         else:
-            p.bad_steps += 1
-            self.logger.event(f"step {p.global_step}: non-finite loss, update skipped "
-                              f"({p.bad_steps} in a row, limit {cfg.max_bad_steps})", step=p.global_step,
-                              stage=p.stage)
-            if p.bad_steps >= cfg.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"stopping: the loss was NaN/inf for {p.bad_steps} optimiser steps in a row (stage {p.stage}, "
-                    f"step {p.global_step}). Lower --lr, enable --clip-grad, or use --amp bf16 instead of fp16; "
-                    f"the last good state is in checkpoints/latest.pt")
+            guarded_step(self.optimizer, bad)
+
+    def _accumulate(self, step_sums: dict, stats: dict, finite: torch.Tensor, micro_steps: int) -> None:
+        """Add a step's loss sums to the log window (a skipped step adds nothing; all on the device)."""
+        for name, value in step_sums.items():
+            self._loss_sums[name] = self._loss_sums.get(name, 0.0) + torch.where(finite, value, 0.0)
+        self._loss_count = self._loss_count + finite.float() * micro_steps
+        self._last_stats = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
+
+    # ---------------------------------------------------------------- non-finite steps, counted on the device
+    def _reset_health(self, bad_run: int = 0) -> None:
+        self._bad_run = torch.full((), bad_run, dtype=torch.long, device=self.device)   # current run of skips
+        self._bad_longest = self._bad_run.clone()                                        # longest since last read
+        self._bad_count = torch.zeros((), dtype=torch.long, device=self.device)          # skips since last read
+        self._health_since = self.progress.global_step
+
+    def _record_step(self, stepped: torch.Tensor) -> None:
+        bad = (~stepped).long()
+        self._bad_run = (self._bad_run + 1) * bad
+        self._bad_longest = torch.maximum(self._bad_longest, self._bad_run)
+        self._bad_count = self._bad_count + bad
+
+    def _check_health(self) -> None:
+        """Read the skip counters (one host read: log and save steps only), log the skipped updates, and stop once
+        max_bad_steps optimiser steps in a row were skipped."""
+        p, cfg = self.progress, self.cfg
+        run, longest, count = torch.stack([self._bad_run, self._bad_longest, self._bad_count]).tolist()
+        p.bad_steps = run
+        if count:
+            self.logger.event(f"steps {self._health_since + 1}-{p.global_step}: non-finite loss, update skipped "
+                              f"{count} time(s) (longest run {longest} in a row, limit {cfg.max_bad_steps})",
+                              step=p.global_step, stage=p.stage)
+        self._bad_longest, self._bad_count = self._bad_run.clone(), torch.zeros_like(self._bad_count)
+        self._health_since = p.global_step
+        if longest >= cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"stopping: the loss was NaN/inf for {longest} optimiser steps in a row (stage {p.stage}, by step "
+                f"{p.global_step}; none of them changed the model). Lower --lr, enable --clip-grad, or use --amp "
+                f"bf16 instead of fp16; the last good state is in checkpoints/latest.pt")
+
+    def _after_step(self, stepped: torch.Tensor, lr: float) -> None:
+        p, cfg = self.progress, self.cfg
+        self._record_step(stepped)
         if p.global_step % cfg.log_every == 0 or self._stop():
+            self._check_health()
             self._log_train(lr)
         self.logger.advance(1)
         if cfg.save_every and p.global_step % cfg.save_every == 0:
@@ -332,11 +388,11 @@ class Pretrainer:
 
     def _log_train(self, lr: float) -> None:
         """All-reduce the mean of each loss term since the last log step (the only host syncs of the loop)."""
-        if not self._loss_count:
+        if not self._loss_sums:
             return
         names = sorted(self._loss_sums)
         means = torch.stack([torch.as_tensor(self._loss_sums[n], device=self.device) for n in names])
-        means = all_reduce_sum(means) / (self._loss_count * self.info.world_size)
+        means = all_reduce_sum(means) / (self._loss_count * self.info.world_size).clamp(min=1.0)
         p = self.progress
         record = {"kind": "train", "step": p.global_step, "stage": p.stage, "epoch": p.epoch, "lr": lr,
                   "samples_per_s": self._throughput.rate()}
@@ -390,3 +446,37 @@ class Pretrainer:
             self.logger.event(f"validation stage {min(p.stage, 2)} epoch {p.epoch}: {summary}", step=p.global_step,
                               stage=min(p.stage, 2))
         return metrics
+
+
+def prepare_for_device(model: torch.nn.Module, device: torch.device, compile_towers: bool = False):
+    """The GPU settings of the model, in place: a ResNet image tower in channels-last layout (cuDNN's fast path)
+    and, with compile_towers, both encoders compiled with torch.compile (Module.compile keeps the state-dict names,
+    so checkpoints are unchanged)."""
+    towers = [getattr(model, name) for name in ("image_encoder", "text_encoder") if hasattr(model, name)]
+    if device.type == "cuda" and towers and getattr(towers[0], "name", "") == "resnet50":
+        towers[0].to(memory_format=torch.channels_last)
+    if compile_towers:
+        for tower in towers:
+            tower.compile()
+    return model
+
+
+@torch.no_grad()
+def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """optimizer.step(), undone on the device where bad (a 0-d bool) is True: parameters and every state tensor
+    (moments, step counts; zeros for state the step created) are put back with torch.where. For optimisers without
+    a fused found_inf skip (the CPU Adam); a good step's values are exactly those of a plain step."""
+    saved = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is not None:
+                state = optimizer.state.get(param, {})
+                saved[param] = (param.detach().clone(),
+                                {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)})
+    optimizer.step()
+    for param, (value, state) in saved.items():
+        param.copy_(torch.where(bad, value, param))
+        for name, now in optimizer.state[param].items():
+            if isinstance(now, torch.Tensor):
+                before = state.get(name, torch.zeros_like(now))
+                now.copy_(torch.where(bad.to(now.device), before, now))

@@ -40,13 +40,15 @@ def margin_loss(delta: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_chain(points: torch.Tensor, num_clusters: int, first: int) -> torch.Tensor:
+def greedy_chain(points: torch.Tensor, num_clusters: int, first) -> torch.Tensor:
     """Indices of num_clusters points: start at `first`, then each next one is the point least similar to the
-    previous pick among those not picked yet. points [N,D] (N >= num_clusters) -> long[num_clusters]."""
+    previous pick among those not picked yet. points [N,D] (N >= num_clusters), first an int or a long tensor [1]
+    -> long[num_clusters]."""
     unit = F.normalize(points, dim=-1)
     similarity = unit @ unit.T                                                     # [N,N]
     chosen = torch.empty(num_clusters, dtype=torch.long, device=points.device)
-    last = torch.tensor([first], device=points.device)
+    # `first` may be a host tensor (a seeded CPU draw): copied without waiting for the device
+    last = torch.as_tensor(first, dtype=torch.long).reshape(1).to(points.device, non_blocking=True)
     chosen[0] = last[0]
     for i in range(1, num_clusters):  # inherently sequential; runs once, kept on device (no host syncs)
         similarity.index_fill_(1, last, float("inf"))                             # never pick it again
@@ -89,14 +91,30 @@ class ClusterNegativeSampler(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("reseeds", torch.zeros((), dtype=torch.long))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "step" in state_dict:  # the host copy of the step counter (read once, at load time)
+            self._host_step = int(state_dict[prefix + "step"])
+
+    @property
+    def host_step(self) -> int:
+        """The training-forward count that `step` holds on the device, kept on the host too, so that seeding by
+        step needs no device read."""
+        return getattr(self, "_host_step", 0)
+
+    @torch.no_grad()
+    def seeded_centroids(self, points_all: torch.Tensor) -> torch.Tensor:
+        """Greedy-chain centroids [K,D] from every rank's z2 (identical on all ranks, so no broadcast needed)."""
+        # The first pick is random but seeded by the step, so every rank (and a resumed run) picks the same one.
+        # It stays a (CPU) tensor: no host read of anything on the device.
+        generator = torch.Generator().manual_seed(self.seed + self.host_step)
+        first = torch.randint(points_all.shape[0], (1,), generator=generator)
+        chosen = greedy_chain(points_all.to(self.centroids.dtype), self.num_clusters, first)
+        return F.normalize(points_all[chosen].to(self.centroids.dtype), dim=-1)
+
     @torch.no_grad()
     def seed_centroids(self, points_all: torch.Tensor) -> None:
-        """Greedy-chain centroids from every rank's z2 (identical on all ranks, so no broadcast needed)."""
-        # The first pick is random but seeded by the step, so every rank (and a resumed run) picks the same one.
-        generator = torch.Generator().manual_seed(self.seed + int(self.step))
-        first = int(torch.randint(points_all.shape[0], (1,), generator=generator))
-        chosen = greedy_chain(points_all.to(self.centroids.dtype), self.num_clusters, first)
-        self.centroids.copy_(F.normalize(points_all[chosen].to(self.centroids.dtype), dim=-1))
+        self.centroids.copy_(self.seeded_centroids(points_all))
 
     @torch.no_grad()
     def initialise(self, points_all: torch.Tensor) -> None:
@@ -106,45 +124,66 @@ class ClusterNegativeSampler(nn.Module):
         self.started_step.copy_(self.step)
 
     @torch.no_grad()
-    def update(self, points: torch.Tensor) -> torch.Tensor:
+    def momentum_step(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One momentum step from this rank's z2 [n,D] (detached); sums and counts are all-reduced first.
-        Returns the global cluster sizes long[K]."""
+        Returns (the moved centroids [K,D], the global cluster sizes long[K]); the buffer is not changed."""
         points = points.to(self.centroids.dtype)
         nearest = kmeans_assign(points, self.centroids)[0][:, 0]
         sums, counts = kmeans_update(points, nearest, self.num_clusters)
         sums, counts = all_reduce_sum(sums), all_reduce_sum(counts)
-        self.centroids.copy_(momentum_update(self.centroids, sums, counts, lr=self.lr))
+        return momentum_update(self.centroids, sums, counts, lr=self.lr), counts
+
+    @torch.no_grad()
+    def update(self, points: torch.Tensor) -> torch.Tensor:
+        """momentum_step applied to the buffer. Returns the global cluster sizes long[K]."""
+        moved, counts = self.momentum_step(points)
+        self.centroids.copy_(moved)
         return counts
+
+    @torch.no_grad()
+    def _train_update(self, z2_all: torch.Tensor, image_to_sentence: torch.Tensor, mean_cosine: torch.Tensor):
+        """The k-means start / momentum update / reseed of one training step, decided on the device: every
+        candidate is computed and torch.where picks, so no branch reads a device value. Returns the cluster sizes
+        long[K] (zeros before the start)."""
+        started = self.started.clone()
+        moved, counts = self.momentum_step(F.normalize(image_to_sentence.detach(), dim=-1))
+        can_start = z2_all.shape[0] >= self.num_clusters                    # a shape: known on the host
+        start_now = ~started & (mean_cosine <= self.start_cosine) if can_start else torch.zeros_like(started)
+        reseed_now = started & (counts.max() > self.reseed_share * counts.sum()) if self.reseed_share > 0 \
+            else torch.zeros_like(started)
+        if can_start or self.reseed_share > 0:
+            seeded = self.seeded_centroids(z2_all.detach())
+            fresh = torch.where(started, torch.where(reseed_now, seeded, moved),
+                                torch.where(start_now, seeded, self.centroids))
+        else:
+            fresh = torch.where(started, moved, self.centroids)
+        self.centroids.copy_(fresh)
+        self.started_step.copy_(torch.where(start_now, self.step, self.started_step))
+        self.started.logical_or_(start_now)
+        self.reseeds.add_(reseed_now.long())
+        return torch.where(started, counts, torch.zeros_like(counts))
 
     def forward(self, sentences: torch.Tensor, image_to_sentence: torch.Tensor):
         z1, z2_all, logits, labels = sentence_logits(sentences, image_to_sentence, self.temperature)
         n, device = z1.shape[0], z1.device
         # Mean of the whole (global) cosine matrix: decides when k-means starts, identically on every rank.
         cosine_sum = all_reduce_sum(torch.stack([logits.detach().float().sum() * self.temperature,
-                                                 torch.tensor(float(logits.numel()), device=device)]))
+                                                 torch.full((), float(logits.numel()), device=device)]))
         mean_cosine = cosine_sum[0] / cosine_sum[1]
+        # Hard negatives from the centroids as they were before this step's update (a device flag, not a branch)
+        use_hard_negatives = self.started.clone()
         cluster_sizes = torch.zeros(self.num_clusters, dtype=torch.long, device=device)
-        use_hard_negatives = bool(self.started)
         if self.training:
-            if not use_hard_negatives:
-                if z2_all.shape[0] >= self.num_clusters and bool(mean_cosine <= self.start_cosine):
-                    self.initialise(z2_all.detach())
-            else:
-                cluster_sizes = self.update(F.normalize(image_to_sentence.detach(), dim=-1))
-                if self.reseed_share > 0 and bool(cluster_sizes.max() > self.reseed_share * cluster_sizes.sum()):
-                    self.seed_centroids(z2_all.detach())
-                    self.reseeds += 1
+            cluster_sizes = self._train_update(z2_all, image_to_sentence, mean_cosine)
             self.step += 1
+            self._host_step = self.host_step + 1
 
         stats = {"kmeans_started": self.started.float(), "kmeans_started_step": self.started_step.clone(),
                  "kmeans_reseeds": self.reseeds.clone(),
                  "mean_cosine": mean_cosine, "cluster_sizes": cluster_sizes}
-        if not use_hard_negatives:
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            stats.update(hard_negative_sim=torch.zeros((), device=device),
-                         false_negative_pairs=torch.zeros((), device=device))
-            return {"local_text": global_mean(loss, n), "false_negative": torch.zeros((), device=device)}, stats
+        plain = global_mean(F.cross_entropy(logits, labels, reduction="sum"), n)
 
+        # Both losses are computed and the flag picks one; before the start the centroids are zero (finite).
         assignment = kmeans_assign(z1.detach().to(self.centroids.dtype), self.centroids)[0]   # [n,2]
         # Centroids are not unit vectors (the 'sum' update grows them): compare by cosine, as the assignment does.
         hard_negative = F.normalize(self.centroids[assignment[:, 1]], dim=-1)                # [n,D], no gradient
@@ -164,6 +203,8 @@ class ClusterNegativeSampler(nn.Module):
         # Mean over every entry of the global [N,N] matrix, flagged or not, as the original does (its weight 1e-4 is
         # set for that scale); the original's unflagged entries add a constant 0.2 each, no gradient, left out here.
         false_negative = self.false_negative_weight * global_mean(margin, logits.numel())
-        stats.update(hard_negative_sim=hard_negative_cosine.detach().mean(),
-                     false_negative_pairs=all_reduce_sum(pairs.detach()))
-        return {"local_text": global_mean(loss, n), "false_negative": false_negative}, stats
+        zero = torch.zeros((), device=device)
+        stats.update(hard_negative_sim=torch.where(use_hard_negatives, hard_negative_cosine.detach().mean(), zero),
+                     false_negative_pairs=torch.where(use_hard_negatives, all_reduce_sum(pairs.detach()), zero))
+        return {"local_text": torch.where(use_hard_negatives, global_mean(loss, n), plain),
+                "false_negative": torch.where(use_hard_negatives, false_negative, zero)}, stats

@@ -20,14 +20,16 @@ from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
 from cgns.losses.grounding import grounding_attention, grounding_loss
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
-from cgns.losses.reconstruction import reconstruction_loss
-from cgns.models.decoders import build_decoder
+from cgns.losses.reconstruction import masked_patch_loss, reconstruction_loss
+from cgns.models.decoders import MaskedPatchDecoder, build_decoder, place_on_grid
 from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_encoder, load_backbone_weights,
                                   unwrap_state_dict)
 from cgns.models.text import TextEncoder, sentence_attention_mask
+from cgns.models.vit import kept_patch_count, random_patch_split
 
 
 ATTENTION_KINDS = ("cross", "grounding")     # which attention the visual report maps (CGNSModel.local_attention)
+MIR_MASKINGS = ("features", "input")         # what CM-MIR masks: encoded tokens (METHOD.md) or input patches (MAE)
 
 
 @dataclass
@@ -71,6 +73,15 @@ class CGNSConfig:
     decoder_layers: int = option(6, "CM-MIR decoder layers (independent, batch-first)")
     decoder_heads: int = option(8, "CM-MIR decoder attention heads")
     decoder_feedforward: int = option(2048, "CM-MIR decoder feed-forward width")
+    # input masking (FLIP / MAE / MRM; not in METHOD.md, 0 is the method): in training each image keeps a random
+    # share 1-R of its patch tokens after the patch + position embedding, and only those enter the ViT blocks.
+    mask_ratio: float = option(0.0, "share of each image's patches dropped before the ViT blocks in training "
+                                    "(0: off, the method); losses 1-3 use the kept ones, evaluation whole images")
+    mir_masking: str = option("features", "CM-MIR on dropped encoded tokens (features, METHOD.md) or MAE-style "
+                                          "reconstruction of the input-masked patches (input; needs --mask-ratio "
+                                          "> 0)", choices=MIR_MASKINGS)
+    mir_target_norm: bool = option(False, "--mir-masking input: normalise each target patch to mean 0, variance "
+                                          "1 (MAE's norm_pix_loss)")
     # weights on the local terms: loss 2 (local_image, SimSiam) and loss 3 (local_text + false_negative).
     # METHOD.md's 1.0 assumes pretrained encoders. From random init the SimSiam term collapses the patch tokens
     # within ~100 steps at weight 1 and drags the global alignment down with it; the CPU demo lowers it.
@@ -108,6 +119,16 @@ class CGNSConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.mir_drop < 1:
             raise ValueError(f"mir_drop must be in [0, 1), got {self.mir_drop}")
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.mask_ratio > 0 and not self.image_encoder.startswith("vit"):
+            raise ValueError(f"--mask-ratio {self.mask_ratio}: input masking drops ViT patch tokens, and "
+                             f"{self.image_encoder} has none; use --mask-ratio 0 or a ViT image encoder")
+        if self.mir_masking not in MIR_MASKINGS:
+            raise ValueError(f"--mir-masking must be one of {MIR_MASKINGS}, got {self.mir_masking!r}")
+        if self.mir_masking == "input" and self.mask_ratio == 0:
+            raise ValueError("--mir-masking input reconstructs the patches that input masking removed: it needs "
+                             "--mask-ratio > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,13 +138,16 @@ class CGNSConfig:
         return from_dict(cls, values, where="model configuration")
 
 
-def sentence_features(tokens: torch.Tensor, sentence_index: torch.Tensor):
+def sentence_features(tokens: torch.Tensor, sentence_index: torch.Tensor, num_sentences: int | None = None):
     """Per-sentence means of token features, for the whole batch at once.
 
     tokens [B,T,D], sentence_index long[B,T] (0 = not in a sentence, i+1 = sentence i) ->
     (sentences [B,S,D] with S the largest sentence number, mask bool[B,S] True where the sentence has tokens).
+    num_sentences: S when the caller knows it (the pretraining collate computes it on the CPU); None reads it from
+    sentence_index (a shape, so a host synchronisation on a GPU).
     """
-    num_sentences = int(sentence_index.max())                       # a shape, so one host sync
+    if num_sentences is None:
+        num_sentences = int(sentence_index.max())
     membership = F.one_hot(sentence_index, num_sentences + 1)[..., 1:].to(tokens.dtype)   # [B,T,S]
     sums = membership.transpose(1, 2) @ tokens                      # [B,S,D]
     counts = membership.sum(dim=1)                                  # [B,S]
@@ -223,27 +247,41 @@ class CGNSModel(nn.Module):
                 beta=config.false_negative_beta, false_negative_weight=config.false_negative_weight,
                 temperature=config.local_temperature, seed=config.kmeans_seed,
                 reseed_share=config.kmeans_reseed_share)
-        if config.mir:
+        if config.mir and config.mir_masking == "input":
+            self.decoder = MaskedPatchDecoder(dim, self.image_encoder.grid, self.image_encoder.patch_stride,
+                                              num_layers=config.decoder_layers, num_heads=config.decoder_heads,
+                                              feedforward=config.decoder_feedforward)
+        elif config.mir:
             self.decoder = build_decoder(config.image_encoder, dim, self.image_encoder.grid,
                                          self.image_encoder.patch_stride, num_layers=config.decoder_layers,
                                          num_heads=config.decoder_heads, feedforward=config.decoder_feedforward,
                                          drop=config.mir_drop)
 
     # ---- encoders -----------------------------------------------------------------------------------------
-    def image_features(self, images):
-        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised."""
-        features = self.image_encoder(images)
+    def image_features(self, images, keep_index=None):
+        """images [B,3,S,S] -> (global [B,D], patches [B,L,D]), both L2-normalised; with keep_index long[B,M]
+        (input masking, ViT) only those patches are encoded: patches [B,M,D]."""
+        features = self.image_encoder(images) if keep_index is None else self.image_encoder(images, keep_index)
         image_global = F.normalize(self.global_image_projection(features["global"]), dim=-1)
         patches = F.normalize(self.local_image_projection(features["local"]), dim=-1)
         return image_global, patches
 
-    def text_features(self, input_ids, attention_mask, sentence_index, sample_ids=None):
-        """-> (report [B,D] L2-normalised, sentences [B,S,D], sentence_mask bool[B,S])."""
+    def text_features(self, input_ids, attention_mask, sentence_index, sample_ids=None, layout=None):
+        """-> (report [B,D] L2-normalised, sentences [B,S,D], sentence_mask bool[B,S]).
+
+        layout: the host-side facts of the batch that the pretraining collate computed on the CPU (num_sentences,
+        max_token_id; it also refused reports without a sentence), so that nothing here reads the device.
+        """
         if sentence_index.shape != input_ids.shape:
             raise ValueError(f"sentence_index {tuple(sentence_index.shape)} must match input_ids "
                              f"{tuple(input_ids.shape)}")
-        tokens = F.normalize(self.local_text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1)
-        sentences, sentence_mask = sentence_features(tokens, sentence_index)
+        layout = layout or {}
+        hidden = self.text_encoder(input_ids, attention_mask, layout.get("max_token_id"))
+        tokens = F.normalize(self.local_text_projection(hidden), dim=-1)
+        sentences, sentence_mask = sentence_features(tokens, sentence_index, layout.get("num_sentences"))
+        if "num_sentences" in layout:  # checked by the collate function
+            report = F.normalize(self.report_pool(sentences, sentence_mask), dim=-1)
+            return report, sentences, sentence_mask
         has_sentence = sentence_mask.any(dim=1) if sentence_mask.shape[1] else sentence_mask.new_zeros(len(tokens))
         if not bool(has_sentence.all()):
             empty = (~has_sentence).nonzero()[:, 0].tolist()
@@ -258,8 +296,9 @@ class CGNSModel(nn.Module):
         """The sentence features the grounding term matches, [B,S,D] (the sentence mask is that of text_features):
         each sentence encoded on its own by one more text-encoder pass (its tokens attend only within it)."""
         mask = sentence_attention_mask(batch["attention_mask"], batch["sentence_index"])       # [B,1,T,T]
-        tokens = F.normalize(self.local_text_projection(self.text_encoder(batch["input_ids"], mask)), dim=-1)
-        return sentence_features(tokens, batch["sentence_index"])[0]
+        hidden = self.text_encoder(batch["input_ids"], mask, batch.get("max_token_id"))
+        tokens = F.normalize(self.local_text_projection(hidden), dim=-1)
+        return sentence_features(tokens, batch["sentence_index"], batch.get("num_sentences"))[0]
 
     def encode_image(self, images):
         """images [B,3,S,S] -> global image vectors [B,D], L2-normalised."""
@@ -294,42 +333,84 @@ class CGNSModel(nn.Module):
                 "sentence_mask": sentence_mask}
 
     # ---- training objective ---------------------------------------------------------------------------------
+    def patch_split(self, batch):
+        """In training with --mask-ratio R > 0: (keep_index long[B,M], masked_index long[B,L-M]) of a random split
+        per image, from the global RNG (seeded per rank and checkpointed, so resume is exact) or from
+        batch['patch_noise'] float[B,L] when given (tests feed the same noise to differently sharded runs).
+        Otherwise None: whole images."""
+        if not (self.training and self.config.mask_ratio > 0):
+            return None
+        images = batch["image"]
+        num_patches = self.image_encoder.grid[0] * self.image_encoder.grid[1]
+        keep = kept_patch_count(num_patches, self.config.mask_ratio)
+        return random_patch_split(images.shape[0], num_patches, keep, images.device, batch.get("patch_noise"))
+
     def forward(self, batch, stage: int = 1):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         config = self.config
         images = batch["image"]
-        image_global, patches = self.image_features(images)
+        split = self.patch_split(batch)
+        image_global, patches = self.image_features(images, None if split is None else split[0])
         report, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
-                                                              batch["sentence_index"], batch.get("index"))
+                                                              batch["sentence_index"], batch.get("index"), batch)
         losses = global_contrastive_loss(image_global, report, self.log_logit_scale)
         stats = {"logit_scale": self.log_logit_scale.detach().exp(),
                  "sentences_per_report": sentence_mask.sum(dim=1).float().mean()}
-        reconstruct = stage == 2 and config.mir
+        reconstruct = stage == 2 and config.mir and (config.mir_masking == "features" or split is not None)
         if config.local or reconstruct:
             attention = self.cross_attention(patches, sentences, sentence_mask)
         if config.local:
-            losses.update(simsiam_loss(patches, attention["text_to_patch"], self.predictor,
-                                        attention["text_to_patch_factors"]))
-            # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
-            z1, z2 = sentences[sentence_mask], attention["image_to_sentence"][sentence_mask]
-            if config.cgns:
-                text_losses, cgns_stats = self.clustering(z1, z2)
-                stats.update(cgns_stats)
-            else:
-                text_losses = sentence_contrastive_loss(z1, z2, config.local_temperature)
-            losses.update(text_losses)
-            weights = {"local_image": config.local_image_weight, "local_text": config.local_text_weight,
-                       "false_negative": config.local_text_weight}
-            for name, weight in weights.items():
-                if name in losses and weight != 1.0:
-                    losses[name] = weight * losses[name]
+            losses.update(self.local_losses(patches, sentences, sentence_mask, attention, batch, stats))
         if config.grounding_weight > 0:
             grounding = grounding_loss(self.grounding_sentences(batch), sentence_mask, patches,
                                        config.grounding_temperature, config.grounding_sentence_temperature,
                                        config.grounding_logit_scale)
             losses["grounding"] = config.grounding_weight * grounding["grounding"]
         if reconstruct:
-            reconstruction = self.decoder(patches, attention["text_to_patch"])
-            losses.update(reconstruction_loss(reconstruction, images, config.mir_weight))
+            losses.update(self.reconstruction(images, patches, sentences, sentence_mask, attention, split))
         return losses, stats
+
+    def local_losses(self, patches, sentences, sentence_mask, attention, batch, stats) -> dict:
+        """Losses 2 (local_image) and 3 (local_text, false_negative), weighted; CGNS statistics go into stats."""
+        config = self.config
+        losses = simsiam_loss(patches, attention["text_to_patch"], self.predictor, attention["text_to_patch_factors"])
+        # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
+        z1, z2 = (real_sentences(x, sentence_mask, batch.get("sentence_rows"))
+                  for x in (sentences, attention["image_to_sentence"]))
+        if config.cgns:
+            text_losses, cgns_stats = self.clustering(z1, z2)
+            stats.update(cgns_stats)
+        else:
+            text_losses = sentence_contrastive_loss(z1, z2, config.local_temperature)
+        losses.update(text_losses)
+        weights = {"local_image": config.local_image_weight, "local_text": config.local_text_weight,
+                   "false_negative": config.local_text_weight}
+        for name, weight in weights.items():
+            if name in losses and weight != 1.0:
+                losses[name] = weight * losses[name]
+        return losses
+
+    def reconstruction(self, images, patches, sentences, sentence_mask, attention, split) -> dict:
+        """Loss 4, CM-MIR. features: the decoder sees the encoded patches (input-masked ones as zeros) with some
+        dropped, and rebuilds the whole image. input: the decoder fills the input-masked patches from the kept ones
+        and the sentences; the loss is on the masked patches only."""
+        config = self.config
+        if config.mir_masking == "input":
+            keep_index, masked_index = split
+            prediction = self.decoder(patches, keep_index, sentences, sentence_mask)
+            return masked_patch_loss(prediction, images, self.image_encoder.patch_stride, masked_index,
+                                     config.mir_weight, config.mir_target_norm)
+        text_to_patch = attention["text_to_patch"]
+        if split is not None:
+            num_patches = self.image_encoder.grid[0] * self.image_encoder.grid[1]
+            patches, text_to_patch = (place_on_grid(x, split[0], num_patches) for x in (patches, text_to_patch))
+        return reconstruction_loss(self.decoder(patches, text_to_patch), images, config.mir_weight)
+
+
+def real_sentences(per_report: torch.Tensor, sentence_mask: torch.Tensor, rows=None) -> torch.Tensor:
+    """per_report [B,S,D] -> the real sentences [N,D] in row-major order. rows long[N] (b*S + s of each real one,
+    from the collate function) gathers them without the host read that boolean indexing needs for N."""
+    if rows is None:
+        return per_report[sentence_mask]
+    return per_report.flatten(0, 1).index_select(0, rows)

@@ -90,9 +90,10 @@ class ViTEncoder(nn.Module):
         self.pyramid_channels = [width] * 4
         self.pyramid_strides = [16] * 4
 
-    def forward(self, images):
-        """-> dict(global [B,D] (the class token), local [B,L,D] (the patch tokens))."""
-        tokens = self.backbone(images)                                    # [B,1+L,D]
+    def forward(self, images, keep_index=None):
+        """-> dict(global [B,D] (the class token), local [B,L,D] (the patch tokens)); with keep_index long[B,M]
+        (input masking) only those patches are encoded and local is [B,M,D]."""
+        tokens = self.backbone(images, keep_index)                        # [B,1+L,D] or [B,1+M,D]
         return {"global": tokens[:, 0], "local": tokens[:, 1:]}
 
     def feature_pyramid(self, images):

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cgns.ops import masked_patch_gather
+
 
 class PatchEmbed(nn.Module):
     """images [B,3,S,S] -> patch tokens [B,(S/p)^2,D], row-major over the patch grid."""
@@ -69,8 +71,38 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def random_patch_split(batch: int, num_patches: int, keep: int, device=None, noise=None):
+    """A random split of each image's patches into kept and masked ones (MAE's per-sample shuffle).
+
+    noise float[B,L] (drawn from the global RNG when None, so it follows the rank's seeded, checkpointed state)
+    -> (keep_index long[B,keep], masked_index long[B,L-keep]), each sorted ascending (row-major patch order).
+    The `keep` patches of lowest noise are kept. No host synchronisation: the counts are Python ints.
+    """
+    if not 0 < keep <= num_patches:
+        raise ValueError(f"cannot keep {keep} of {num_patches} patches")
+    if noise is None:
+        noise = torch.rand(batch, num_patches, device=device)
+    elif tuple(noise.shape) != (batch, num_patches):
+        raise ValueError(f"patch noise must be [{batch},{num_patches}], got {tuple(noise.shape)}")
+    order = noise.argsort(dim=1)                                               # [B,L], lowest noise first
+    return order[:, :keep].sort(dim=1).values, order[:, keep:].sort(dim=1).values
+
+
+def kept_patch_count(num_patches: int, mask_ratio: float) -> int:
+    """Patches each image keeps at mask ratio R: round((1-R) L), at least 1."""
+    return max(1, min(num_patches, round(num_patches * (1.0 - mask_ratio))))
+
+
+def keep_tokens(tokens: torch.Tensor, keep_index: torch.Tensor) -> torch.Tensor:
+    """tokens [B,1+L,D] (class token first), keep_index long[B,M] of patch numbers in [0,L) -> [B,1+M,D]: the class
+    token and the kept patch tokens, gathered by the fused masked_patch_gather (its backward scatter-adds)."""
+    with_class = torch.cat([keep_index.new_zeros(keep_index.shape[0], 1), keep_index + 1], dim=1)   # [B,1+M]
+    return masked_patch_gather(tokens, with_class)
+
+
 class VisionTransformer(nn.Module):
-    """ViT with a class token. forward(images [B,3,S,S]) -> tokens [B,1+L,D] after the final norm (L = (S/16)^2).
+    """ViT with a class token. forward(images [B,3,S,S], keep_index=None) -> tokens [B,1+L,D] after the final norm
+    (L = (S/16)^2); with keep_index long[B,M] only the class token and those patches enter the blocks: [B,1+M,D].
 
     num_classes > 0 adds timm's `head` (a Linear on the class token, used by classify()); 0 leaves it out, which is
     how the encoders use it.
@@ -111,8 +143,10 @@ class VisionTransformer(nn.Module):
         cls = self.cls_token.expand(patches.shape[0], -1, -1)                  # [B,1,D]
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
-    def forward(self, images):
-        x = self.embed(images)
+    def forward(self, images, keep_index=None):
+        x = self.embed(images)                                                 # [B,1+L,D]
+        if keep_index is not None:
+            x = keep_tokens(x, keep_index)                                     # [B,1+M,D]
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
