@@ -161,16 +161,32 @@ def seed_for_data(seed: int, rank: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every RNG state this process draws from (restored for an exact resume)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state this process draws from (restored for an exact resume), as tensors and plain numbers only,
+    so that a checkpoint holding it loads with torch.load(weights_only=True):
+        python: {version: int, state: int64 [625], gauss: float | None}    (random.getstate())
+        numpy:  {kind: str, keys: int64 [624], pos: int, has_gauss: int, cached_gaussian: float}
+        torch:  uint8 tensor; cuda: list of uint8 tensors (when available)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {"python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what rng_state() returned (also the tuple / numpy-array form of checkpoints written before it)."""
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        python = (python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"])
+    random.setstate(python)
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

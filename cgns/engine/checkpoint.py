@@ -2,11 +2,14 @@
 
 Layout: <output_dir>/checkpoints/{latest.pt, stage1_last.pt, stage1_best.pt, final.pt}.
 A checkpoint is a dict: model, config, optimizer, scaler, step, stage, epoch, args, rng (one state per rank),
-data (sampler position), tokenizer_dir, ... (see CONTRACTS: run directory).
+data (sampler position), tokenizer_dir, ... (see CONTRACTS: run directory). It holds tensors and plain data only
+(the RNG states too, see cgns.distributed.rng_state), so every file is read with torch.load(weights_only=True):
+loading never runs code, and a file that would (a pickle carrying a callable) is refused by load_plain.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -27,16 +30,47 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     return atomic_torch_save(path, state)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint this project wrote; a clear error if it is missing or not one of ours."""
+class UnsafeFileError(ValueError):
+    """A file that torch.load(weights_only=True) refuses: it carries code or objects that are not plain data."""
+
+
+def _legacy_numpy_globals() -> list:
+    """What numpy arrays of numbers need to unpickle: checkpoints written before the RNG states became tensors held
+    numpy's generator state as an array. Arrays are rebuilt from their bytes; nothing in them is called."""
+    import numpy as np
+
+    from numpy._core.multiarray import _reconstruct
+
+    return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
+
+
+def load_plain(path: str | os.PathLike, what: str = "file", map_location="cpu", legacy_numpy: bool = False):
+    """torch.load(path, weights_only=True) with errors that name the file: tensors, numbers, strings, lists,
+    tuples and dicts come back; a pickle that would import or call anything else is refused (UnsafeFileError)
+    before any of it runs. legacy_numpy: also accept numpy arrays (old checkpoints' RNG states)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    allowed = _legacy_numpy_globals() if legacy_numpy else []
     try:
-        # weights_only=False: the dict holds RNG states (numpy arrays, python tuples) besides tensors
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0].split(" Please use")[0]
+        if "global" not in reason.lower():  # a damaged or foreign file, not one that names code to import
+            raise ValueError(f"{what} {path}: cannot be read (not a torch file, or damaged: {reason})") from None
+        raise UnsafeFileError(
+            f"{what} {path}: refused: it carries code or objects that are not plain data (tensors, numbers, "
+            f"strings, lists, dicts), and loading it could run code; nothing in it was executed. Only load files "
+            f"written by this project or by torch.save of plain state dicts ({reason})") from None
     except Exception as err:
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{what} {path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint this project wrote; a clear error if it is missing, not one of ours, or not plain data."""
+    path = Path(path)
+    state = load_plain(path, "checkpoint", map_location, legacy_numpy=True)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"checkpoint {path}: not a pretraining checkpoint (expected a dict with a 'model' key)")
     return state

@@ -117,7 +117,9 @@ def cached_features(encoder: torch.nn.Module, make_dataset, pooling: str, data_s
     path = Path(cache_dir) / f"{data_spec.get('dataset', 'data')}_{data_spec.get('split', '')}_{key}.pt" \
         if cache_dir is not None else None
     if path is not None and path.is_file():
-        entry = torch.load(path, map_location="cpu", weights_only=True)
+        from cgns.engine.checkpoint import load_plain
+
+        entry = load_plain(path, "feature cache")
         log(f"features: cache hit {path.name} ({entry['features'].shape[1]} images)")
         return FeatureSet(entry["features"], entry["labels"])
     dataset = make_dataset()

@@ -7,11 +7,11 @@ pooling).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from cgns.engine.checkpoint import load_checkpoint, load_plain
 from cgns.models.resnet import resnet50
 from cgns.models.vit import VIT_SIZES, VisionTransformer, resample_pos_embed
 
@@ -189,15 +189,12 @@ def load_image_encoder(name: str, image_size: int, checkpoint=None, image_weight
         raise ValueError("give either a pretraining checkpoint or image weights, not both")
     encoder = build_image_encoder(name, image_size)
     if image_weights is not None:
-        loaded = torch.load(image_weights, map_location="cpu", weights_only=True)
+        loaded = load_plain(image_weights, "image weights")
         load_backbone_weights(encoder, unwrap_state_dict(loaded, str(image_weights)), str(image_weights))
     if checkpoint is not None:
         source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
         if not isinstance(checkpoint, dict):
-            if not Path(checkpoint).is_file():
-                raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-            # Our own checkpoints also hold RNG states and args, which weights_only loading rejects.
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
             raise ValueError(f"{source}: not a pretraining checkpoint (needs 'model' and 'config' entries)")
         trained_name = checkpoint["config"].get("image_encoder")
