@@ -187,9 +187,9 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
 
     random_init=True: the same architecture, tokenizer and preprocessing with freshly initialised weights (seeded
     by `seed`; the global RNG is left untouched), the baseline of every evaluation: the model as pretraining
-    started it (a --text-encoder BERT folder named in the configuration is loaded, as pretraining loaded it). Its configuration comes from
-    `path`, or with path None from `config` (a CGNSConfig or its dict; tokenizer: a tokenizer object or folder,
-    else config.tokenizer_dir).
+    started it (a --text-encoder BERT folder named in the configuration is loaded, as pretraining loaded it). Its
+    configuration comes from `path`, or with path None from `config` (a CGNSConfig or its dict).
+    tokenizer: a tokenizer object or folder instead of the one the checkpoint / config names.
     """
     from cgns.models.cgns import CGNSConfig, CGNSModel
 
@@ -198,8 +198,7 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
             raise ValueError("load_model(None) needs random_init=True and a config")
         config = CGNSConfig.from_dict({**(config.to_dict() if isinstance(config, CGNSConfig) else dict(config)),
                                        "image_weights": None})
-        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _tokenizer(tokenizer or config.tokenizer_dir, Path(str(config.tokenizer_dir)))
+        tokenizer = _tokenizer(tokenizer, config.tokenizer_dir, "the configuration")
         with _seeded(seed):
             model = CGNSModel(config)
         return PretrainedModel(model, tokenizer, DEFAULT_CACHE_SIZE, batch_size, device, "")
@@ -211,8 +210,7 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
             model, tokenizer_dir, cache_size = read_export(path, random_init)
         else:
             model, tokenizer_dir, cache_size = read_checkpoint(resolve_checkpoint(path), random_init)
-    if tokenizer is None:
-        tokenizer = _tokenizer(tokenizer_dir, path)
+    tokenizer = _tokenizer(tokenizer, tokenizer_dir, path)
     source = f"random init like {path}" if random_init else str(path)
     return PretrainedModel(model, tokenizer, cache_size, batch_size, device, source)
 
@@ -256,9 +254,13 @@ def _cache_size(state: dict, path: Path) -> int:
     return int(data.get("cache_size", DEFAULT_CACHE_SIZE))
 
 
-def _tokenizer(folder, source: Path):
+def _tokenizer(given, recorded, source):
+    """The tokenizer object `given`, else the folder `given` or `recorded` (the one the run trained with)."""
     from cgns.data.tokenizer import load_tokenizer
 
+    if given is not None and not isinstance(given, (str, os.PathLike)):
+        return given
+    folder = given or recorded
     if not folder or not Path(folder).is_dir():
         raise FileNotFoundError(f"{source}: its tokenizer folder {folder!r} does not exist (it lies beside the "
                                 f"data cache the run trained on); pass tokenizer=FOLDER, or load an exported model")

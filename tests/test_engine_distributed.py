@@ -127,7 +127,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     mp.spawn(_worker, args=(store.port, str(tmp_path)), nprocs=2, join=True)
     del store
     single = _reference()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     for step in range(STEPS):
         assert set(single["grads"][step]) == set(ranks[0]["grads"][step])

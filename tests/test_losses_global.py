@@ -84,7 +84,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     # fork: the children reuse the imported modules instead of starting two fresh interpreters (seconds on 2 cores)
     mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     losses, grads, centroids, scale_grad = _run(_inputs())
     for key, value in losses.items():  # each rank holds its share; their mean is the global value
         assert math.isclose((ranks[0][0][key] + ranks[1][0][key]) / 2, value, rel_tol=1e-5, abs_tol=1e-7), key
@@ -96,5 +96,5 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert torch.equal(ranks[0][2], ranks[1][2])                          # identical centroids on both ranks
     torch.testing.assert_close(ranks[0][2], centroids)
     assert math.isclose((ranks[0][3] + ranks[1][3]) / 2, scale_grad, rel_tol=1e-5)
-    alone, expected = torch.load(tmp_path / "local1.pt", weights_only=False), _run(_rank_parts(1))[0]
+    alone, expected = torch.load(tmp_path / "local1.pt", weights_only=True), _run(_rank_parts(1))[0]
     assert all(math.isclose(alone[k], expected[k], rel_tol=1e-6, abs_tol=1e-8) for k in expected)

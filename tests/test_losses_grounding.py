@@ -119,7 +119,7 @@ def _worker(rank, init_file, out_dir):
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     sentences, mask, patches = _inputs(batch=4, sentences=3)
     loss, sentence_grad, patch_grad = _run(sentences.float(), mask, patches.float())
     # each rank's value is its share (world * local sum / global count): their mean is the global loss

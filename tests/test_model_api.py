@@ -124,3 +124,11 @@ def test_bad_paths_are_named(tmp_path, run_dir):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="random_init"):
         load_model(None)
+    # a checkpoint whose tokenizer folder is gone: named, and tokenizer= supplies it
+    state = ckpt.load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    folder = state["tokenizer_dir"]
+    moved = ckpt.save_checkpoint(tmp_path / "moved.pt", {**state, "tokenizer_dir": str(tmp_path / "gone"),
+                                                         "config": {**state["config"], "tokenizer_dir": None}})
+    with pytest.raises(FileNotFoundError, match="tokenizer folder .*gone"):
+        load_model(moved)
+    assert load_model(moved, tokenizer=folder).encode_texts(["no effusion"]).shape == (1, state["config"]["embed_dim"])

@@ -8,6 +8,7 @@ loading never runs code, and a file that would (a pickle carrying a callable) is
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -39,8 +40,10 @@ def _legacy_numpy_globals() -> list:
     numpy's generator state as an array. Arrays are rebuilt from their bytes; nothing in them is called."""
     import numpy as np
 
-    from numpy._core.multiarray import _reconstruct
-
+    try:
+        from numpy._core.multiarray import _reconstruct   # numpy 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct    # numpy 1
     return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
 
 
@@ -51,9 +54,10 @@ def load_plain(path: str | os.PathLike, what: str = "file", map_location="cpu", 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file")
-    allowed = _legacy_numpy_globals() if legacy_numpy else []
+    # safe_globals: torch >= 2.5 (older torch reads only the current checkpoints, not the numpy-array ones)
+    allowed = _legacy_numpy_globals() if legacy_numpy and hasattr(torch.serialization, "safe_globals") else []
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed) if allowed else contextlib.nullcontext():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0].split(" Please use")[0]

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgns.config import from_dict, option
+from cgns.engine.checkpoint import load_plain
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
 from cgns.losses.grounding import grounding_attention, grounding_loss
@@ -198,7 +199,7 @@ class CGNSModel(nn.Module):
         dim = config.embed_dim
         self.image_encoder = build_image_encoder(config.image_encoder, config.image_size)
         if config.image_weights:
-            loaded = torch.load(config.image_weights, map_location="cpu", weights_only=True)
+            loaded = load_plain(config.image_weights, "image weights")   # weights_only=True, refusals name the file
             load_backbone_weights(self.image_encoder, unwrap_state_dict(loaded, config.image_weights),
                                   config.image_weights)
         self.text_encoder = TextEncoder(config.text_encoder, config.text_vocab_size, config.text_hidden_size,

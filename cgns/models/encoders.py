@@ -7,6 +7,7 @@ pooling).
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -149,6 +150,18 @@ def unwrap_state_dict(loaded, source):
     return dict(loaded)
 
 
+def read_weights(path) -> dict:
+    """A weights file: .safetensors (e.g. an export's image_encoder.safetensors), else a torch.save file read with
+    weights_only=True (a pickle carrying code is refused, naming the file)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image weights {path}: no such file")
+        return load_file(str(path))
+    return load_plain(path, "image weights")
+
+
 def load_backbone_weights(encoder: nn.Module, state_dict: dict, source: str = "image weights") -> list[str]:
     """Load a timm ViT / torchvision ResNet-50 state dict into encoder.backbone with strict=True.
 
@@ -183,13 +196,14 @@ def load_image_encoder(name: str, image_size: int, checkpoint=None, image_weight
 
     checkpoint: path or dict written by the pretraining engine ({'model': CGNSModel state dict, 'config': {...}});
     its `image_encoder.*` entries are loaded strictly, and a checkpoint of another encoder is refused naming both.
-    image_weights: path of a timm ViT / torchvision ResNet-50 state dict, loaded strictly (see load_backbone_weights).
+    image_weights: path of a timm ViT / torchvision ResNet-50 state dict (.pth / .pt, or .safetensors), loaded strictly
+    (see load_backbone_weights).
     """
     if checkpoint is not None and image_weights is not None:
         raise ValueError("give either a pretraining checkpoint or image weights, not both")
     encoder = build_image_encoder(name, image_size)
     if image_weights is not None:
-        loaded = load_plain(image_weights, "image weights")
+        loaded = read_weights(image_weights)
         load_backbone_weights(encoder, unwrap_state_dict(loaded, str(image_weights)), str(image_weights))
     if checkpoint is not None:
         source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
