@@ -308,3 +308,32 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             assert grad is not None, (name, key)
             torch.testing.assert_close((ranks[0][name][2][key] + ranks[1][name][2][key]) / 2, grad,
                                        msg=f"{name}: gradient of {key}")
+
+
+# ------------------------------------------------------------------------------------------------ token importance inputs
+def test_class_attention_equals_the_encoders_own_attention_weights():
+    """MGCA's weights: BERT's last-layer [CLS] attention as transformers returns it (eager attention), and the
+    ViT's last block's class-token attention written out from its fused qkv."""
+    from transformers import BertConfig, BertModel
+
+    from cgns.models.class_attention import LayerInput, bert_class_attention, vit_class_attention
+    from cgns.models.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=32, attn_implementation="eager"), add_pooling_layer=False).eval()
+    ids = torch.randint(3, 30, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4])
+    with LayerInput(bert.encoder.layer[-1]) as captured:
+        output = bert(input_ids=ids, attention_mask=mask, output_attentions=True)
+    torch.testing.assert_close(bert_class_attention(bert.encoder.layer[-1], captured.hidden, mask),
+                               output.attentions[-1][:, :, 0].mean(dim=1))
+
+    vit = VisionTransformer(image_size=32, patch_size=16, dim=12, depth=2, num_heads=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    block = vit.blocks[-1]
+    with LayerInput(block) as captured:
+        vit(images)
+    q, k, _ = block.attn.qkv(block.norm1(captured.hidden)).reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)[:, :, 0, 1:].mean(dim=1)    # [B,L]
+    torch.testing.assert_close(vit_class_attention(block, captured.hidden), expected)
