@@ -337,3 +337,25 @@ def test_class_attention_equals_the_encoders_own_attention_weights():
     q, k, _ = block.attn.qkv(block.norm1(captured.hidden)).reshape(2, 5, 3, 3, 4).permute(2, 0, 3, 1, 4)
     expected = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)[:, :, 0, 1:].mean(dim=1)    # [B,L]
     torch.testing.assert_close(vit_class_attention(block, captured.hidden), expected)
+
+
+def test_every_peer_preset_builds_its_objective_and_names_real_loop_fields():
+    import dataclasses
+
+    from cgns.engine.methods import PRESETS, build_objective, loop_settings
+    from cgns.engine.pretrain import LoopConfig
+
+    fields = {f.name for f in dataclasses.fields(LoopConfig)}
+    for method, presets in PRESETS.items():
+        for preset in presets:
+            assert set(presets[preset]["loop"]) <= fields, (method, preset)
+            assert loop_settings(LoopConfig(), method, preset).stage2_epochs == 0
+        objective = build_objective(method, "vit_tiny", 6, 5, "demo").double()
+        losses = objective(_objective_inputs(), epoch=1)
+        assert all(bool(torch.isfinite(v)) for v in losses.values()), (method, losses)
+    try:
+        build_objective("gloria", "vit_tiny", 6, 5, "demo", t1=4.0)
+    except ValueError as err:
+        assert "unknown objective setting" in str(err)
+    else:
+        raise AssertionError("an unknown setting must be refused")
