@@ -1,5 +1,6 @@
-"""An added sentence-region grounding term (GLoRIA's local loss with sentences for words; not in METHOD.md; the
-demo preset trains it, the paper preset does not).
+"""GLoRIA's text-region matching, shared by two objectives: CM-CGNS's added sentence-region grounding term (below;
+not in METHOD.md; the demo preset trains it, the paper preset does not) and the GLoRIA objective's word-region local
+loss (cgns/losses/gloria.py: words for sentences, GLoRIA's own attention form and temperatures).
 
 Each sentence attends over the patches of EVERY image in the (global) batch, softmax(t1 cos(sentence, patch)); its
 attended context is scored by cos(sentence, context); a report's score for an image aggregates its sentences'
@@ -27,27 +28,79 @@ def grounding_attention(sentences: torch.Tensor, patches: torch.Tensor, temperat
     return torch.softmax(temperature * sentences @ patches.transpose(-1, -2), dim=-1)
 
 
+def segment_softmax(logits: torch.Tensor, owner: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Softmax along dim 1 within each segment: logits [M,n,L], owner long[n] (segment of each of the n rows, in
+    0..num_segments-1) -> [M,n,L], summing to 1 over the rows of every segment for each (m, l)."""
+    index = owner.view(1, -1, 1).expand_as(logits)
+    shift = logits.new_zeros(logits.shape[0], num_segments, logits.shape[2]).scatter_reduce(
+        1, index, logits.detach(), reduce="amax", include_self=False)                      # [M,R,L] segment max
+    weights = torch.exp(logits - shift[:, owner])                                           # [M,n,L] in (0, 1]
+    sums = weights.new_zeros(shift.shape).index_add_(1, owner, weights)                     # [M,R,L]
+    return weights / sums[:, owner]
+
+
+ATTENTION_FORMS = ("cosine", "gloria")
+
+
 def report_image_scores(sentences: torch.Tensor, owner: torch.Tensor, num_reports: int, patches: torch.Tensor,
-                        attention_temperature: float, sentence_temperature: float) -> torch.Tensor:
-    """Score of every report against every image.
+                        attention_temperature: float, sentence_temperature: float, attention: str = "cosine",
+                        query_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Score of every report against every image, from its queries (sentences, or GLoRIA's words).
 
-    sentences [n,D] unit norm, owner long[n] (the report, 0..num_reports-1, each sentence belongs to), patches
-    [M,L,D] unit norm -> scores [num_reports, M]: (1/t2) log sum over the report's sentences of exp(t2 cos(sentence,
-    its context in the image)), the context being the sentence's attention-weighted mean of the image's patches.
+    sentences [n,D] (the queries), owner long[n] (the report, 0..num_reports-1, each query belongs to), patches
+    [M,L,D] -> scores [num_reports, M]: (1/t2) log sum over the report's queries of exp(t2 cos(query, its context
+    in the image)), the context being the query's attention-weighted sum of the image's patches. attention:
+      'cosine': a = softmax over L of t1 q.p (queries and patches unit norm: q.p is the cosine; query_norms None);
+      'gloria': GLoRIA's attention_fn, a = softmax over L of t1 softmax-over-the-report's-queries(q.p), on raw
+                dot products; query_norms [n] = |q| then makes cos(query, context) a cosine for any norm.
 
-    The context [n,M,D] is never formed: sentence . context = sum_l a_l cos_l, and |context|^2 = a^T G a with G the
+    The context [n,M,D] is never formed: query . context = sum_l a_l q.p_l, and |context|^2 = a^T G a with G the
     image's patch Gram matrix [L,L] (L < D at every size used).
     """
+    if attention not in ATTENTION_FORMS:
+        raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
     cosines = torch.einsum("nd,mld->mnl", sentences, patches)                               # [M,n,L]
-    attention = torch.softmax(attention_temperature * cosines, dim=-1)                      # [M,n,L]
-    along = (attention * cosines).sum(dim=-1)                                               # [M,n] = s . context
+    if attention == "cosine":
+        weights = torch.softmax(attention_temperature * cosines, dim=-1)                    # [M,n,L]
+    else:
+        weights = torch.softmax(attention_temperature * segment_softmax(cosines, owner, num_reports), dim=-1)
+    along = (weights * cosines).sum(dim=-1)                                                 # [M,n] = s . context
     gram = patches @ patches.transpose(1, 2)                                                # [M,L,L]
-    norm_sq = ((attention @ gram) * attention).sum(dim=-1)                                  # [M,n] = |context|^2
+    norm_sq = ((weights @ gram) * weights).sum(dim=-1)                                      # [M,n] = |context|^2
     similarity = (along / norm_sq.clamp_min(1e-12).sqrt()).T                                # [n,M] in [-1, 1]
+    if query_norms is not None:
+        similarity = similarity / query_norms.clamp_min(1e-8)[:, None]
     # log-sum-exp per report, shifted by the bound 1 so that every exp lies in [exp(-2 t2), 1]
-    weights = torch.exp(sentence_temperature * (similarity - 1.0))                          # [n,M]
-    sums = weights.new_zeros(num_reports, weights.shape[1]).index_add_(0, owner, weights)  # [R,M]
+    terms = torch.exp(sentence_temperature * (similarity - 1.0))                            # [n,M]
+    sums = terms.new_zeros(num_reports, terms.shape[1]).index_add_(0, owner, terms)        # [R,M]
     return torch.log(sums.clamp_min(torch.finfo(sums.dtype).tiny)) / sentence_temperature + 1.0
+
+
+def report_image_matching_loss(queries: torch.Tensor, owner: torch.Tensor, patches: torch.Tensor,
+                               attention_temperature: float, sentence_temperature: float, logit_scale: float,
+                               attention: str = "cosine", query_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """The symmetric cross-entropy over logit_scale x report_image_scores, across ranks; a [] tensor.
+
+    queries [n,D] with owner long[n] (0..B-1, this rank's reports), patches [B,L,D], query_norms [n] or None (see
+    report_image_scores). This rank's reports against every rank's images and every rank's reports against this
+    rank's images (both gathered with gradient), cross-entropy on the matching pairs, the two directions averaged,
+    as this rank's share of the mean over the global batch.
+    """
+    batch, num_patches, dim = patches.shape
+    patches_all, image_offset = gather_rows(patches.flatten(1))                             # [N,L*D]
+    patches_all = patches_all.view(-1, num_patches, dim)                                    # [N,L,D]
+    queries_all, _ = gather_rows(queries)                                                   # [n_all,D]
+    norms_all = None if query_norms is None else gather_rows(query_norms)[0]                # [n_all]
+    owner_all, _ = gather_rows(owner + image_offset, with_grad=False)                       # [n_all] global report
+    labels = image_offset + torch.arange(batch, device=patches.device)                      # [B]
+    report_to_image = logit_scale * report_image_scores(queries, owner, batch, patches_all, attention_temperature,
+                                                        sentence_temperature, attention, query_norms)   # [B,N]
+    image_to_report = logit_scale * report_image_scores(queries_all, owner_all, patches_all.shape[0], patches,
+                                                        attention_temperature, sentence_temperature, attention,
+                                                        norms_all).T                                    # [B,N]
+    total = (F.cross_entropy(report_to_image, labels, reduction="sum")
+             + F.cross_entropy(image_to_report, labels, reduction="sum")) / 2
+    return global_mean(total, batch)
 
 
 def grounding_loss(sentences: torch.Tensor, sentence_mask: torch.Tensor, patches: torch.Tensor,
@@ -55,24 +108,10 @@ def grounding_loss(sentences: torch.Tensor, sentence_mask: torch.Tensor, patches
                    logit_scale: float = 10.0) -> dict:
     """sentences [B,S,D] (any norm), sentence_mask bool[B,S] (every report has one), patches [B,L,D] unit norm.
 
-    This rank's reports against every rank's images and every rank's reports against this rank's images (both
-    gathered with gradient), cross-entropy on the matching pairs, averaged over the global batch.
-    Returns {'grounding': loss}.
+    report_image_matching_loss with the 'cosine' attention on the unit sentences. Returns {'grounding': loss}.
     """
-    batch, num_patches, dim = patches.shape
     dtype = torch.promote_types(torch.promote_types(sentences.dtype, patches.dtype), torch.float32)  # as autocast
     z = F.normalize(sentences[sentence_mask].to(dtype), dim=-1)                             # [n,D]
     owner = sentence_mask.nonzero()[:, 0]                                                   # [n] in 0..B-1
-    patches = patches.to(dtype)
-    patches_all, image_offset = gather_rows(patches.flatten(1))                             # [N,L*D]
-    patches_all = patches_all.view(-1, num_patches, dim)                                    # [N,L,D]
-    z_all, _ = gather_rows(z)                                                               # [n_all,D]
-    owner_all, _ = gather_rows(owner + image_offset, with_grad=False)                       # [n_all] global report
-    labels = image_offset + torch.arange(batch, device=patches.device)                      # [B]
-    report_to_image = logit_scale * report_image_scores(z, owner, batch, patches_all, attention_temperature,
-                                                        sentence_temperature)               # [B,N]
-    image_to_report = logit_scale * report_image_scores(z_all, owner_all, patches_all.shape[0], patches,
-                                                        attention_temperature, sentence_temperature).T  # [B,N]
-    total = (F.cross_entropy(report_to_image, labels, reduction="sum")
-             + F.cross_entropy(image_to_report, labels, reduction="sum")) / 2
-    return {"grounding": global_mean(total, batch)}
+    return {"grounding": report_image_matching_loss(z, owner, patches.to(dtype), attention_temperature,
+                                                    sentence_temperature, logit_scale)}
