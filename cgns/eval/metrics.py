@@ -86,3 +86,32 @@ def dice_per_image(probs: torch.Tensor, target: torch.Tensor, threshold: float =
     total = pred.sum(1) + truth.sum(1)
     dice = 2 * intersection / total.clamp(min=1)
     return torch.where(total == 0, torch.ones_like(dice), dice)
+
+
+def multiclass_summary(scores, labels, class_names: Sequence[str]) -> dict:
+    """Single-label classification by arg-max: {"accuracy", "macro_f1", "per_class": {name: {"precision",
+    "recall", "f1", "n"}}, "confusion": [[count]] (rows true, columns predicted)}.
+    scores [N, C], labels [N] integer class ids."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    scores, labels = _as_numpy(scores), _as_numpy(labels).astype(int)
+    predicted = scores.argmax(axis=1)
+    ids = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=ids, zero_division=0)
+    return {"accuracy": float((predicted == labels).mean()), "macro_f1": float(np.mean(f1)),
+            "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                                 "n": int(support[c])} for c, name in enumerate(class_names)},
+            "confusion": confusion_matrix(labels, predicted, labels=ids).tolist()}
+
+
+def binary_summary(probability, labels, threshold: float = 0.5) -> dict:
+    """{"auroc" (None when one label value only), "accuracy", "f1", "n", "positives"} of P(positive) [N] against
+    labels [N] in {0, 1}; predicted positive when probability > threshold."""
+    from sklearn.metrics import f1_score
+
+    probability, labels = _as_numpy(probability).astype(float), _as_numpy(labels).astype(int)
+    predicted = (probability > threshold).astype(int)
+    defined = np.unique(labels).size == 2
+    return {"auroc": float(roc_auc_score(labels, probability)) if defined else None,
+            "accuracy": float((predicted == labels).mean()), "f1": float(f1_score(labels, predicted, zero_division=0)),
+            "n": int(labels.size), "positives": int(labels.sum())}

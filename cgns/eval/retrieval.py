@@ -75,3 +75,31 @@ def evaluate_retrieval(model, loader, device, autocast=contextlib.nullcontext, k
     metrics = recall_at_k(image, text, ks) if len(image) else {}
     metrics["num_pairs"] = int(len(image))
     return metrics
+
+
+def precision_at_k(query_emb: torch.Tensor, candidate_emb: torch.Tensor, query_labels, candidate_labels,
+                   ks=KS) -> dict:
+    """Class-level retrieval: for each query, the share of its top-K candidates (by cosine similarity, ties in
+    candidate order) that carry the query's class, averaged over queries, overall and per class.
+
+    query_emb [Q, D], candidate_emb [N, D] (L2-normalised); query_labels [Q], candidate_labels [N] (class ids).
+    Returns {"P@K": float, "per_class": {class id: {"P@K": float, "n": queries}}} for K in ks (K capped at N).
+    """
+    query_labels = torch.as_tensor(query_labels).long()
+    candidate_labels = torch.as_tensor(candidate_labels).long()
+    if query_emb.shape[0] != query_labels.shape[0] or candidate_emb.shape[0] != candidate_labels.shape[0]:
+        raise ValueError(f"precision_at_k: {query_emb.shape[0]} queries with {query_labels.shape[0]} labels, "
+                         f"{candidate_emb.shape[0]} candidates with {candidate_labels.shape[0]} labels")
+    sim = query_emb.float() @ candidate_emb.float().T  # [Q, N]
+    order = torch.sort(sim, dim=1, descending=True, stable=True).indices  # [Q, N]
+    hits = candidate_labels[order] == query_labels[:, None]  # [Q, N] bool, in rank order
+    out: dict = {"per_class": {}}
+    for k in ks:
+        kk = min(k, sim.shape[1])
+        per_query = hits[:, :kk].float().mean(dim=1)  # [Q]
+        out[f"P@{k}"] = per_query.mean().item() if len(per_query) else float("nan")
+        for c in sorted(set(query_labels.tolist())):
+            chosen = query_labels == c
+            entry = out["per_class"].setdefault(c, {"n": int(chosen.sum())})
+            entry[f"P@{k}"] = per_query[chosen].mean().item()
+    return out

@@ -19,6 +19,8 @@ each entry has "file" (relative to the data set folder), "height", "width" (pixe
     > 1 token) with per sentence {text, kind, negated, finding (index), region (box of that finding or None)},
   - rsna: target, boxes, photometric, bits_stored, mask; covidx: label, split, patient_id;
     siim: positive, parts, photometric, mask; object_cxr: objects [{type, coords, box}], boxes.
+mimic_cxr also holds MS_CXR_Local_Alignment_v1.0.0.csv, MS-CXR's phrase-grounding table of its validation and
+test studies (cgns.synthetic.ms_cxr; for a world written before it: python -m cgns.synthetic.ms_cxr FOLDER).
 Masks (bool [height, width]) are np.load(ground_truth_masks.npz)[mask id].
 
 Pieces: cases (what a patient has), render (drawing), reports (report text and
@@ -95,6 +97,10 @@ def generate_dataset(out_dir: Path, dataset: str, seed: int, preset: str, image_
     tmp.mkdir()
     try:
         truth, masks = WRITERS[dataset](tmp, counts, seed, image_size)
+        if dataset == "mimic_cxr":  # a file of its own: the world's other files do not change
+            from cgns.synthetic.ms_cxr import write_ms_cxr
+
+            write_ms_cxr(tmp, truth=truth)
         if masks:
             save_masks(tmp / "ground_truth_masks.npz", masks)
         header = {"dataset": dataset, "seed": seed, "preset": preset, "image_size": image_size,
