@@ -1,0 +1,125 @@
+"""The expected CPU time of the runs a benchmark has left, and how each figure was obtained.
+
+Pretraining: the mean wall time of this method's runs already finished in this output folder (fresh runs, not
+resumed ones), else of any method's, else (demo preset only) DEMO_PRETRAIN_SECONDS. Evaluation: the cells of
+`evaluate all` not yet finished, each at its measured demo time (DEMO_CELL_SECONDS), times the speed this output
+folder has shown (its finished evaluations' wall time over their demo-table prediction; 1 before any has
+finished). Without a demo figure (the paper preset) and without a finished run here, no estimate is printed.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from cgns.benchmark.plan import Job
+
+# Measured on the 2-core CPU machine this project is developed on (torch 2.13.0 CPU wheel), demo preset.
+# Pretraining: README command 1 (`python train_pretrain.py`, CM-CGNS's demo, 10.8 min, with its closing probe and
+# report, which the benchmark turns off). The peers' demo presets are sized to the same number of steps (issue 26),
+# so they are estimated alike until a run of theirs has finished here.
+DEMO_PRETRAIN_SECONDS = 648.0
+# `evaluate all --seeds 0` on README command 1's checkpoint: seconds per cell (one head seed; text cells once).
+DEMO_CELL_SECONDS = {
+    ("linear", "chexpert"): 30.0, ("linear", "rsna"): 30.0, ("linear", "covidx"): 30.0,
+    ("segmentation", "siim"): 220.0, ("segmentation", "rsna"): 220.0,
+    ("detection", "rsna"): 100.0, ("detection", "object_cxr"): 85.0,
+    ("zeroshot", "chexpert"): 10.0, ("zeroshot", "rsna"): 5.0, ("zeroshot", "covidx"): 5.0,
+    ("retrieval", "mimic_cxr"): 12.0, ("grounding", "mimic_cxr"): 12.0,
+}
+
+
+@dataclass
+class Estimate:
+    seconds: float | None          # None: some run has no estimate
+    lines: list[str]               # how it was obtained, one line per kind of run
+
+
+def remaining_cells(job: Job) -> list:
+    """The `evaluate all` cells of an evaluation job without a metrics.json yet."""
+    from cgns.evaluate.table import plan_cells
+
+    cells = plan_cells(job.directory, job.tasks, job.head_seeds, has_text=True, seeded_text=job.random_init)
+    return [c for c in cells if not c.metrics_path.is_file()]
+
+
+def demo_cell_seconds(job: Job) -> float:
+    """The demo table's prediction for the evaluation job's unfinished cells."""
+    return sum(DEMO_CELL_SECONDS.get((c.task, c.dataset), 0.0) for c in remaining_cells(job))
+
+
+def _records(jobs: list[Job], kind: str) -> list[tuple[Job, dict]]:
+    out = []
+    for job in jobs:
+        record = job.record() if job.kind == kind else None
+        if record and record.get("seconds") is not None:
+            out.append((job, record))
+    return out
+
+
+def pretrain_seconds(job: Job, jobs: list[Job], preset: str) -> tuple[float | None, str]:
+    history = [(j, r) for j, r in _records(jobs, "pretrain") if not r.get("resumed")]
+    mine = [r["seconds"] for j, r in history if j.method == job.method]
+    if mine:
+        return statistics.fmean(mine), f"{job.method}'s {len(mine)} finished run(s) here"
+    if history:
+        return statistics.fmean(r["seconds"] for _, r in history), f"other methods' {len(history)} run(s) here"
+    if preset == "demo":
+        return DEMO_PRETRAIN_SECONDS, "the measured CM-CGNS demo (README command 1, 2 CPU cores)"
+    return None, f"nothing measured for the {preset} preset yet"
+
+
+def evaluation_speed(jobs: list[Job]) -> tuple[float, str]:
+    """(this folder's wall time over the demo table's prediction, its source)."""
+    pairs = [(r["seconds"], r["demo_seconds"]) for _, r in _records(jobs, "evaluate") if r.get("demo_seconds")]
+    if not pairs:
+        return 1.0, "per-cell demo times measured on 2 CPU cores"
+    speed = sum(s for s, _ in pairs) / sum(d for _, d in pairs)
+    return speed, f"per-cell demo times x {speed:.2f}, the speed of {len(pairs)} finished evaluation(s) here"
+
+
+def estimate(jobs: list[Job], preset: str) -> Estimate:
+    """The expected CPU time of the jobs not finished."""
+    left = [j for j in jobs if j.state() != "finished"]
+    total: float | None = 0.0
+    lines = [f"{len(jobs) - len(left)} of {len(jobs)} runs finished (reused)"]
+    pretrain = [j for j in left if j.kind == "pretrain"]
+    sources: dict[str, list[float]] = {}
+    for job in pretrain:
+        seconds, source = pretrain_seconds(job, jobs, preset)
+        if seconds is None:
+            total = None
+        sources.setdefault(source, []).append(seconds or 0.0)
+    for source, values in sources.items():
+        known = "unknown" if not any(values) else f"{format_seconds(sum(values))}"
+        lines.append(f"pretraining: {len(values)} run(s), {known} (from {source})")
+    if total is not None:
+        total += sum(v for values in sources.values() for v in values)
+    evaluations = [j for j in left if j.kind == "evaluate"]
+    if evaluations:
+        cells = sum(len(remaining_cells(j)) for j in evaluations)
+        speed, source = evaluation_speed(jobs)
+        measured_here = source.startswith("per-cell demo times x")
+        if preset != "demo" and not measured_here:
+            total = None
+            lines.append(f"evaluation: {len(evaluations)} run(s), {cells} cells, unknown (nothing measured for the "
+                         f"{preset} preset yet)")
+        else:
+            seconds = speed * sum(demo_cell_seconds(j) for j in evaluations)
+            lines.append(f"evaluation: {len(evaluations)} run(s), {cells} cells, {format_seconds(seconds)} "
+                         f"(from {source})")
+            if total is not None:
+                total += seconds
+    return Estimate(total, lines)
+
+
+def format_seconds(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def describe(estimate_: Estimate) -> str:
+    head = ("expected CPU time: unknown (see below); it is printed once a run of each kind has finished here"
+            if estimate_.seconds is None else f"expected CPU time: {format_seconds(estimate_.seconds)}")
+    return "\n".join([head] + [f"  {line}" for line in estimate_.lines])
