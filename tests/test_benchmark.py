@@ -4,13 +4,14 @@ end-to-end run on the test world."""
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 
 import train_pretrain
 from cgns.benchmark import cli, estimate as estimate_module
 from cgns.benchmark.compare import compare
-from cgns.benchmark.methods import METHODS, RANDOM_INIT, parse_method, parse_methods
+from cgns.benchmark.methods import METHODS, RANDOM_INIT, WEIGHTS, parse_method, parse_methods
 from cgns.benchmark.plan import RANDOM_INIT_SEED_STRIDE, Settings, plan
 from cgns.benchmark.stats import paired_difference, t_quantile
 from test_model_api import TINY
@@ -38,11 +39,10 @@ def test_plan_is_methods_by_seeds_then_random_init(tmp_path):
             pretrain, evaluate = mine["pretrain", method], mine["evaluate", method]
             assert argv_value(pretrain.argv, "--seed") == str(seed)
             assert argv_value(pretrain.argv, "--output-dir") == str(pretrain.directory)
-            assert argv_value(evaluate.argv, "--checkpoint") == str(pretrain.directory / "checkpoints" / "final.pt")
+            assert argv_value(evaluate.argv, "--checkpoint") == str(pretrain.directory)      # final.pt, else latest.pt
             assert evaluate.head_seeds == (0, 5) and "--random-init" not in evaluate.argv
         random = mine["evaluate", RANDOM_INIT]      # the first method's architecture, a fresh draw per seed
-        assert argv_value(random.argv, "--checkpoint") == str(mine["pretrain", "cgns"].directory / "checkpoints"
-                                                              / "final.pt")
+        assert argv_value(random.argv, "--checkpoint") == str(mine["pretrain", "cgns"].directory)
         assert "--random-init" in random.argv
         assert random.head_seeds == (RANDOM_INIT_SEED_STRIDE * seed, RANDOM_INIT_SEED_STRIDE * seed + 5)
 
@@ -142,7 +142,8 @@ def test_finished_runs_are_reused_and_unfinished_ones_run_again(tmp_path):
     run(config, calls)
     assert calls == []                                              # everything finished: nothing runs
     cgns1 = tmp_path / "pretrain" / "cgns" / "seed1"
-    (cgns1 / "checkpoints" / "final.pt").rename(cgns1 / "checkpoints" / "latest.pt")     # interrupted pretraining
+    (cgns1 / "checkpoints" / "final.pt").rename(cgns1 / "checkpoints" / "latest.pt")     # interrupted pretraining:
+    (cgns1 / "metrics.json").unlink()                                                    # no metrics.json yet
     (tmp_path / "evaluate" / "convirt" / "seed2" / "table.json").unlink()                # interrupted evaluation
     jobs = {j.name: j for j in plan(config)}
     assert jobs["pretrain cgns seed 1"].state() == "resume" and jobs["evaluate convirt seed 2"].state() == "new"
@@ -197,7 +198,7 @@ def test_the_table_equals_a_hand_computation(tmp_path):
     assert "| CheXpert AUC | 100% | -20.0 [-28.6, -11.4] | +2.3 [-1.5, +6.1] | +1.0 [-4.0, +6.0] |" in table
     assert "| MS-CXR CNR / mIoU | CNR | -0.40 [-0.65, -0.15] | +0.50 [-0.74, +1.74] | +0.50 [+0.50, +0.50] |" in table
     lines = (tmp_path / "benchmark.csv").read_text().splitlines()
-    assert lines[0].startswith("method,column,task,dataset,value,n_seeds,mean,std,per_seed,reference")
+    assert lines[0].startswith("method,column,task,dataset,value,n_seeds,mean,std,per_seed,paired_against")
     assert "cgns,CheXpert AUC,linear,chexpert,100%,3,0.823333,0.020817,0:0.800000;1:0.840000;2:0.830000,convirt," \
            "0.023333,-0.014612,0.061279,3" in lines
     assert (tmp_path / "benchmark.png").stat().st_size > 0
@@ -210,6 +211,22 @@ def test_one_seed_has_no_interval_and_no_reference_no_difference(tmp_path):
     jobs = plan(settings(tmp_path / "one", seeds=(1,)))
     comparison = compare(jobs, ["cgns", "cgns-no-cgns"], reference="convirt")   # convirt not compared here
     assert comparison["reference"] is None and comparison["rows"][0]["methods"]["cgns"]["difference"] is None
+
+
+def test_weight_variants_pair_against_the_reference_at_the_same_weights(tmp_path):
+    names = ("cgns", "cgns-no-cgns", "cgns@w3=0.5", "cgns-no-cgns@w3=0.5", "cgns@w3=2")
+    values = {name: ([0.7 + 0.01 * i] * 2, [float(i)] * 2) for i, name in enumerate((RANDOM_INIT,) + names)}
+    calls = []
+    cli.run_benchmark(settings(tmp_path, methods=names, seeds=(0, 1)), reference="cgns-no-cgns",
+                      runner=fake_runner(calls, values), progress=False, out=lambda *a, **k: None)
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert result["partners"] == {RANDOM_INIT: "cgns-no-cgns", "cgns": "cgns-no-cgns", "cgns-no-cgns": None,
+                                  "cgns@w3=0.5": "cgns-no-cgns@w3=0.5", "cgns-no-cgns@w3=0.5": "cgns-no-cgns",
+                                  "cgns@w3=2": "cgns-no-cgns"}
+    cnr = next(r for r in result["rows"] if r["label"] == "CNR")["methods"]
+    assert cnr["cgns@w3=0.5"]["difference"]["mean"] == pytest.approx(3.0 - 4.0)
+    assert cnr["cgns@w3=2"]["difference"]["mean"] == pytest.approx(5.0 - 2.0)
+    assert "| cgns@w3=0.5 − cgns-no-cgns@w3=0.5 |" in (tmp_path / "benchmark.md").read_text()
 
 
 @pytest.mark.parametrize("df, textbook", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571),
@@ -267,7 +284,7 @@ def test_a_failing_run_names_its_log(tmp_path):
     assert "pretrain cgns seed 0 failed (exit status 3)" in message and "out of memory" in message
     assert str(job.directory / "benchmark.log") in message and job.state() == "new"
     job.command = lambda: [sys.executable, "-c", "print('stopped early')"]
-    with pytest.raises(RuntimeError, match="ended without .*final.pt"):
+    with pytest.raises(RuntimeError, match="ended without metrics.json and a checkpoint"):
         cli.run_job(job, cli.run_subprocess)
 
 
@@ -295,3 +312,11 @@ def test_end_to_end_on_the_test_world(test_world, tmp_path):
     again = cli.run_benchmark(cli.settings_from(cli.build_parser().parse_args(argv)), "cgns", runner=refuse,
                               progress=False, out=lambda *a, **k: None)
     assert again["paths"]["markdown"] == str(tmp_path / "benchmark.md")
+
+
+def test_the_docs_table_is_the_method_table():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "BENCHMARK.md").read_text()
+    for name, method in METHODS.items():
+        assert f"| {name} | {' '.join(method.flags) or '(none)'} |" in doc
+    for key, (flag, _) in WEIGHTS.items():
+        assert f"| {key} | {flag} |" in doc

@@ -15,7 +15,7 @@ from typing import Callable
 from cgns.benchmark.compare import compare, write_comparison
 from cgns.benchmark.estimate import demo_cell_seconds, describe, estimate
 from cgns.benchmark.methods import METHODS, RANDOM_INIT, WEIGHTS, parse_methods
-from cgns.benchmark.plan import REPO_ROOT, Job, Settings, check_reuse, plan
+from cgns.benchmark.plan import REPO_ROOT, Job, Settings, check_reuse, plan, pretraining_finished
 from cgns.io import atomic_write_json
 
 DEFAULT_METHODS = ("cgns", "convirt", "gloria", "mgca")
@@ -102,11 +102,9 @@ def run_in_process(job: Job, log_path: Path) -> None:
 def unfinished(job: Job) -> str | None:
     """What a job that just ran failed to leave behind, or None."""
     if job.kind == "pretrain":
-        missing = [p for p in (job.directory / "checkpoints" / "final.pt", job.directory / "metrics.json")
-                   if not p.is_file()]
-    else:
-        missing = [p for p in (job.directory / "table.json",) if not p.is_file()]
-    return ", ".join(map(str, missing)) or None
+        done = pretraining_finished(job.directory)
+        return None if done else f"metrics.json and a checkpoint in {job.directory}"
+    return None if (job.directory / "table.json").is_file() else str(job.directory / "table.json")
 
 
 def run_job(job: Job, runner: Callable[[Job, Path], None]) -> dict:

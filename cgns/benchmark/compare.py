@@ -1,6 +1,7 @@
 """The comparison table: every task and fraction of `evaluate all` (rows, in its published order) by method
 (columns), mean ± standard deviation over pretraining seeds, and each method's paired difference against the
-reference method (ConVIRT by default) with its 95% t-interval over the seed pairs.
+reference method (ConVIRT by default; at the same weight variants where those are benchmarked) with its 95%
+t-interval over the seed pairs.
 
 A method's value at one pretraining seed is what its `evaluate all` table shows: the mean over the head seeds
 (--eval-seeds) of that checkpoint. Pairs are formed by pretraining seed.
@@ -48,26 +49,41 @@ def _column_order() -> list[str]:
     return [c.header for c in COLUMNS]
 
 
+def paired_with(method: str, reference: str | None, methods: list[str]) -> str | None:
+    """The method a row is paired against: the reference at the same weight variants when that is benchmarked
+    ('cgns@w3=0.5' against 'cgns-no-cgns@w3=0.5' for --reference cgns-no-cgns), else the reference itself; None for
+    the reference, or when the reference is not benchmarked."""
+    if reference not in methods:
+        return None
+    _, at, variants = method.partition("@")
+    same_weights = f"{reference}@{variants}" if at else None
+    partner = same_weights if same_weights in methods and same_weights != method else reference
+    return None if partner == method else partner
+
+
 def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
     """{"methods", "reference", "rows": [row + {"methods": {method: {"mean", "std", "n", "seeds", "difference"}}}]}.
-    "difference" (paired against the reference) is None for the reference itself or when it is not benchmarked."""
+    "difference" (paired by pretraining seed against paired_with(method)) is None where there is no partner."""
     rows, values = seed_values(jobs)
-    reference = reference if reference in methods else None
+    partners = {m: paired_with(m, reference, methods) for m in methods}
     out = []
     for row in rows:
         key = (row["header"], row["label"])
+
+        def per_seed(method):
+            return {seed: entry.get(key) for seed, entry in sorted(values.get(method, {}).items())}
+
         per_method = {}
         for method in methods:
-            seeds = {seed: entry.get(key) for seed, entry in sorted(values.get(method, {}).items())}
-            summary = mean_std(list(seeds.values()))
-            difference = None
-            if reference is not None and method != reference:
-                ref = {seed: entry.get(key) for seed, entry in values.get(reference, {}).items()}
-                difference = paired_difference(seeds, ref)
-            per_method[method] = {**summary, "seeds": {str(s): v for s, v in seeds.items()},
+            seeds = per_seed(method)
+            partner = partners[method]
+            difference = None if partner is None else {**paired_difference(seeds, per_seed(partner)),
+                                                       "against": partner}
+            per_method[method] = {**mean_std(list(seeds.values())), "seeds": {str(s): v for s, v in seeds.items()},
                                   "difference": difference}
         out.append({**row, "methods": per_method})
-    return {"methods": list(methods), "reference": reference, "rows": out}
+    return {"methods": list(methods), "reference": reference if reference in methods else None,
+            "partners": partners, "rows": out}
 
 
 def _scale(row: dict) -> tuple[int, int]:
@@ -100,13 +116,15 @@ def markdown(comparison: dict, title: str) -> str:
     for row in comparison["rows"]:
         cells = " | ".join(show_mean_std(row, row["methods"][m]) for m in methods)
         lines.append(f"| {row['header']} | {row['label']} | {cells} |")
-    others = [m for m in methods if m != reference]
+    others = [m for m in methods if comparison["partners"][m] is not None]
     if reference is None:
         lines += ["", "No paired differences: the reference method is not among the methods benchmarked."]
     elif others:
-        lines += ["", f"Paired difference against {reference} (same pretraining seed): mean [95% t-interval over the "
-                      f"seed pairs; n/a with one pair].", "",
-                  "| column | value | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
+        lines += ["", f"Paired difference against {reference} (at the same weight variants where those are "
+                      f"benchmarked), by pretraining seed: mean [95% t-interval over the seed pairs; n/a with one "
+                      f"pair].", "",
+                  "| column | value | " + " | ".join(f"{m} − {comparison['partners'][m]}" for m in others) + " |",
+                  "|---|---|" + "---|" * len(others)]
         for row in comparison["rows"]:
             cells = " | ".join(show_difference(row, row["methods"][m]["difference"]) for m in others)
             lines.append(f"| {row['header']} | {row['label']} | {cells} |")
@@ -121,14 +139,14 @@ def csv_text(comparison: dict) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["method", "column", "task", "dataset", "value", "n_seeds", "mean", "std", "per_seed",
-                     "reference", "difference_mean", "difference_low", "difference_high", "n_pairs"])
+                     "paired_against", "difference_mean", "difference_low", "difference_high", "n_pairs"])
     for row in comparison["rows"]:
         for method, entry in row["methods"].items():
             difference = entry["difference"] or {}
             per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
             writer.writerow([method, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
                              _number(entry["mean"]), _number(entry["std"]), per_seed,
-                             comparison["reference"] if entry["difference"] else "", _number(difference.get("mean")),
+                             difference.get("against", ""), _number(difference.get("mean")),
                              _number(difference.get("low")), _number(difference.get("high")),
                              difference.get("n", "")])
     return out.getvalue()

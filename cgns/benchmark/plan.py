@@ -5,8 +5,9 @@
     <output-dir>/evaluate/<method>/seed<s>/     python -m cgns.evaluate all --output-dir (table.json, cells)
     <output-dir>/evaluate/random-init/seed<s>/  the same with --random-init
 
-A finished pretraining run (checkpoints/final.pt and metrics.json) is reused; an unfinished one is started again
-with the same command, and train_pretrain.py resumes it from its checkpoints/latest.pt. After each run the
+A finished pretraining run (metrics.json and checkpoints/final.pt, or latest.pt where --max-steps ended it) is
+reused; an unfinished one is started again with the same command, and train_pretrain.py resumes it from its
+checkpoints/latest.pt. `evaluate all` is given the run folder (final.pt, else latest.pt). After each run the
 benchmark writes benchmark_run.json beside it (the command, the wall time): a finished pretraining run whose
 recorded command differs from the one asked for now is refused, not silently reused; an evaluation is finished
 when its table.json exists and its recorded command is the current one (otherwise `evaluate all` runs again and
@@ -83,10 +84,9 @@ class Job:
         """'finished', 'resume' (an earlier attempt left checkpoints / cells) or 'new'."""
         record = self.record()
         if self.kind == "pretrain":
-            checkpoints = self.directory / "checkpoints"
-            if (checkpoints / "final.pt").is_file() and (self.directory / "metrics.json").is_file():
+            if pretraining_finished(self.directory):
                 return "finished"
-            return "resume" if (checkpoints / "latest.pt").is_file() else "new"
+            return "resume" if (self.directory / "checkpoints" / "latest.pt").is_file() else "new"
         if (self.directory / "table.json").is_file() and record and record["argv"] == self.comparable_argv():
             return "finished"
         return "resume" if any(self.directory.glob("*/seed*/metrics.json")) else "new"
@@ -113,8 +113,12 @@ def evaluate_dir(settings: Settings, method: str, seed: int) -> Path:
     return settings.output_dir / "evaluate" / slug(method) / f"seed{seed}"
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "final.pt"
+def pretraining_finished(run_dir: Path) -> bool:
+    """train_pretrain.py writes metrics.json when its run ends: at the end of the schedule (checkpoints/final.pt),
+    or at --max-steps (its last state is checkpoints/latest.pt, which `evaluate all` reads from the run folder when
+    there is no final.pt)."""
+    checkpoints = run_dir / "checkpoints"
+    return (run_dir / "metrics.json").is_file() and any((checkpoints / n).is_file() for n in ("final.pt", "latest.pt"))
 
 
 def pretrain_job(settings: Settings, method: MethodSpec, seed: int) -> Job:
@@ -128,10 +132,12 @@ def pretrain_job(settings: Settings, method: MethodSpec, seed: int) -> Job:
     return Job("pretrain", method.name, seed, directory, argv + list(settings.pretrain_args))
 
 
-def evaluate_job(settings: Settings, method: str, seed: int, checkpoint: Path, random_init: bool = False) -> Job:
+def evaluate_job(settings: Settings, method: str, seed: int, run_dir: Path, random_init: bool = False) -> Job:
+    """`evaluate all` of the pretraining run in run_dir (its folder: final.pt, else latest.pt), or of its
+    architecture at random init."""
     directory = evaluate_dir(settings, method, seed)
     heads = tuple(RANDOM_INIT_SEED_STRIDE * seed + e if random_init else e for e in settings.eval_seeds)
-    argv = ["all", "--checkpoint", str(checkpoint), "--seeds", *map(str, heads), "--preset", settings.preset,
+    argv = ["all", "--checkpoint", str(run_dir), "--seeds", *map(str, heads), "--preset", settings.preset,
             "--output-dir", str(directory), "--no-progress"]
     if random_init:
         argv.append("--random-init")
@@ -143,7 +149,7 @@ def evaluate_job(settings: Settings, method: str, seed: int, checkpoint: Path, r
         argv += ["--device", settings.device]
     tasks = settings.tasks or _all_tasks()
     return Job("evaluate", method, seed, directory, argv + list(settings.eval_args), heads, tuple(tasks),
-               random_init, needs=[checkpoint])
+               random_init, needs=[run_dir / "metrics.json"])
 
 
 def _all_tasks() -> tuple[str, ...]:
@@ -168,8 +174,8 @@ def plan(settings: Settings) -> list[Job]:
     for seed in settings.seeds:
         for method in settings.methods:
             pretrain = pretrain_job(settings, method, seed)
-            jobs += [pretrain, evaluate_job(settings, method.name, seed, final_checkpoint(pretrain.directory))]
-        first = final_checkpoint(pretrain_dir(settings, settings.methods[0].name, seed))
+            jobs += [pretrain, evaluate_job(settings, method.name, seed, pretrain.directory)]
+        first = pretrain_dir(settings, settings.methods[0].name, seed)
         jobs.append(evaluate_job(settings, RANDOM_INIT, seed, first, random_init=True))
     return jobs
 
