@@ -141,9 +141,9 @@ def title(settings: Settings) -> str:
             f"seeds {' '.join(map(str, settings.eval_seeds))}")
 
 
-def write_table(jobs: list[Job], settings: Settings, reference: str) -> dict:
+def write_table(jobs: list[Job], settings: Settings, reference: str, with_plot: bool = True) -> dict:
     methods = [RANDOM_INIT] + [m.name for m in settings.methods]
-    return write_comparison(settings.output_dir, compare(jobs, methods, reference), title(settings))
+    return write_comparison(settings.output_dir, compare(jobs, methods, reference), title(settings), with_plot)
 
 
 def run_benchmark(settings: Settings, reference: str = "convirt", runner: Callable[[Job, Path], None] = run_subprocess,
@@ -167,6 +167,8 @@ def run_benchmark(settings: Settings, reference: str = "convirt", runner: Callab
             bar.set_postfix_str(job.name)
             if job.state() != "finished":
                 run_job(job, runner)
+                if job.kind == "evaluate":      # the table so far, readable while the matrix runs
+                    write_table(jobs, settings, reference, with_plot=False)
     paths = write_table(jobs, settings, reference)
     out(Path(paths["markdown"]).read_text(), end="")
     out(f"table: {paths['markdown']} {paths['csv']} {paths['plot']}")

@@ -187,12 +187,13 @@ def plot(comparison: dict, path: Path, title: str) -> Path:
     return path
 
 
-def write_comparison(output_dir: Path, comparison: dict, title: str) -> dict:
-    """benchmark.md, benchmark.csv, benchmark.png and benchmark.json under output_dir -> their paths."""
+def write_comparison(output_dir: Path, comparison: dict, title: str, with_plot: bool = True) -> dict:
+    """benchmark.md, benchmark.csv, benchmark.json and (with_plot) benchmark.png under output_dir -> their paths."""
     paths = {"markdown": output_dir / "benchmark.md", "csv": output_dir / "benchmark.csv",
              "plot": output_dir / "benchmark.png", "json": output_dir / "benchmark.json"}
     atomic_write_text(paths["markdown"], markdown(comparison, title))
     atomic_write_text(paths["csv"], csv_text(comparison))
     atomic_write_json(paths["json"], {"title": title, **comparison})
-    plot(comparison, paths["plot"], title)
+    if with_plot:
+        plot(comparison, paths["plot"], title)
     return {k: str(v) for k, v in paths.items()}

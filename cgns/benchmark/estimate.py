@@ -82,18 +82,17 @@ def estimate(jobs: list[Job], preset: str) -> Estimate:
     left = [j for j in jobs if j.state() != "finished"]
     total: float | None = 0.0
     lines = [f"{len(jobs) - len(left)} of {len(jobs)} runs finished (reused)"]
-    pretrain = [j for j in left if j.kind == "pretrain"]
-    sources: dict[str, list[float]] = {}
-    for job in pretrain:
+    by_source: dict[str, list[float | None]] = {}
+    for job in (j for j in left if j.kind == "pretrain"):
         seconds, source = pretrain_seconds(job, jobs, preset)
-        if seconds is None:
+        by_source.setdefault(source, []).append(seconds)
+    for source, values in by_source.items():
+        if None in values:
             total = None
-        sources.setdefault(source, []).append(seconds or 0.0)
-    for source, values in sources.items():
-        known = "unknown" if not any(values) else f"{format_seconds(sum(values))}"
-        lines.append(f"pretraining: {len(values)} run(s), {known} (from {source})")
-    if total is not None:
-        total += sum(v for values in sources.values() for v in values)
+            lines.append(f"pretraining: {len(values)} run(s), unknown ({source})")
+            continue
+        lines.append(f"pretraining: {len(values)} run(s), {format_seconds(sum(values))} (from {source})")
+        total = None if total is None else total + sum(values)
     evaluations = [j for j in left if j.kind == "evaluate"]
     if evaluations:
         cells = sum(len(remaining_cells(j)) for j in evaluations)
