@@ -81,3 +81,15 @@ def test_all_resumes_and_skips_finished_cells(checkpoint, test_world, tmp_path, 
 def test_all_refuses_two_encoders(checkpoint):
     with pytest.raises(SystemExit, match="choose one encoder"):
         run("all", "--checkpoint", checkpoint, "--image-weights", "w.pth")
+
+
+def test_all_with_random_init_runs_the_text_tasks_once_per_seed(checkpoint, test_world, tmp_path):
+    result = run("all", "--checkpoint", checkpoint, "--random-init", "--tasks", "zeroshot", "--seeds", "0", "1",
+                 "--data-dir", test_world, "--output-dir", tmp_path, "--no-progress")
+    assert sorted(p.name for p in (tmp_path / "zeroshot_rsna").iterdir()) == ["seed0", "seed1"]
+    seeds = [json.loads((tmp_path / "zeroshot_rsna" / s / "metrics.json").read_text()) for s in ("seed0", "seed1")]
+    assert [m["model"]["seed"] for m in seeds] == [0, 1] and seeds[0]["test"] != seeds[1]["test"]
+    rsna = next(r for r in result["rows"] if r["header"] == "RSNA zero-shot AUC")["values"][0]
+    assert rsna["n_seeds"] == 2 and rsna["mean"] == pytest.approx((seeds[0]["test"]["auroc"] +
+                                                                    seeds[1]["test"]["auroc"]) / 2)
+    assert rsna["std"] is not None
