@@ -1,6 +1,7 @@
 """`python -m cgns.benchmark`: the plan of methods x seeds, the method -> flags table, reuse of finished runs, the
 comparison table against hand computations, the t quantile, the estimate; fake runners (no pretraining) except one
 end-to-end run on the test world."""
+import dataclasses
 import json
 import math
 import sys
@@ -66,6 +67,17 @@ def test_ablation_and_weight_names_map_to_the_pretraining_flags(tmp_path, name, 
         assert getattr(config.model, field) == value
     if spec.base == "cgns-no-cgns":
         assert config.model.cgns is False
+
+
+@pytest.mark.parametrize("peer", ["convirt", "gloria", "mgca"])
+def test_the_peers_flag_selects_them(tmp_path, peer):
+    parser = train_pretrain.config_parser().build(train_pretrain.config_parser().base("demo"))
+    if "--method" not in parser._option_string_actions:
+        pytest.skip("train_pretrain.py has no --method yet")
+    job = plan(settings(tmp_path, methods=[peer], seeds=[0]))[0]
+    config, args = train_pretrain.config_parser().parse(job.argv, namespace=True)
+    places = [config, args] + [getattr(config, f.name) for f in dataclasses.fields(config)]
+    assert peer in [getattr(place, "method", None) for place in places]       # wherever the lead puts the field
 
 
 def test_canonical_names_and_the_peers_flag():
