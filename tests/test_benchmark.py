@@ -103,6 +103,13 @@ def test_a_bad_method_is_a_clear_error(name, words):
         assert word in str(error.value)
 
 
+def test_extra_flags_may_not_override_what_the_benchmark_sets(tmp_path):
+    with pytest.raises(ValueError, match="--pretrain-args may not set --seed: .* --seeds"):
+        plan(settings(tmp_path, pretrain_args=("--max-steps", "3", "--seed", "4")))
+    with pytest.raises(ValueError, match="--eval-args may not set --output-dir"):
+        plan(settings(tmp_path, eval_args=("--output-dir=elsewhere",)))
+
+
 def test_unknown_method_on_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--methods", "cgns", "medclip", "--output-dir", str(tmp_path), "--dry-run"])

@@ -30,6 +30,12 @@ RECORD = "benchmark_run.json"
 RANDOM_INIT_SEED_STRIDE = 1000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IGNORED_IN_RECORD = ("--device",)      # where a run ran does not change what it computes
+# flags the benchmark sets on each run -> the benchmark flag to use instead
+OWNED_PRETRAIN_FLAGS = {"--config": "--preset", "--seed": "--seeds", "--output-dir": "--output-dir",
+                        "--data-root": "--data-dir", "--method": "--methods"}
+OWNED_EVAL_FLAGS = {"--checkpoint": "--methods", "--seeds": "--eval-seeds", "--output-dir": "--output-dir",
+                    "--preset": "--preset", "--random-init": "(random init is a row of every benchmark)",
+                    "--data-dir": "--data-dir", "--tasks": "--tasks"}
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,12 @@ def plan(settings: Settings) -> list[Job]:
     if any(not 0 <= e < RANDOM_INIT_SEED_STRIDE for e in settings.eval_seeds):
         raise ValueError(f"--eval-seeds must lie in [0, {RANDOM_INIT_SEED_STRIDE}) (random init uses "
                          f"{RANDOM_INIT_SEED_STRIDE} * seed + e), got {list(settings.eval_seeds)}")
+    for extra, owned, what in ((settings.pretrain_args, OWNED_PRETRAIN_FLAGS, "--pretrain-args"),
+                               (settings.eval_args, OWNED_EVAL_FLAGS, "--eval-args")):
+        taken = sorted({word.split("=")[0] for word in extra} & set(owned))
+        if taken:
+            raise ValueError(f"{what} may not set {', '.join(taken)}: the benchmark sets it per run (use "
+                             f"{', '.join(owned[f] for f in taken)})")
     jobs = []
     for seed in settings.seeds:
         for method in settings.methods:
