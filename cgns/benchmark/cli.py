@@ -184,3 +184,6 @@ def main(argv=None) -> dict:
                              progress=not args.no_progress, dry_run=args.dry_run, table_only=args.table_only)
     except ValueError as err:
         parser.error(str(err))
+    except RuntimeError as err:             # a run failed: what finished is kept, the same command continues
+        raise SystemExit(f"benchmark stopped: {err}\nthe runs that finished are kept; the same command continues "
+                         f"from here") from None
