@@ -155,7 +155,7 @@ def run_benchmark(settings: Settings, reference: str = "convirt", runner: Callab
     check_reuse(jobs)
     if reference not in [m.name for m in settings.methods]:
         out(f"note: the reference {reference!r} is not benchmarked; the table has no paired differences")
-    expected = estimate(jobs, settings.preset)
+    expected = estimate(jobs, settings.preset, extra_flags=bool(settings.pretrain_args or settings.eval_args))
     if not table_only:
         print_plan(jobs, settings, out, commands=dry_run)
         out(describe(expected))

@@ -79,8 +79,9 @@ def evaluation_speed(jobs: list[Job]) -> tuple[float, str]:
     return speed, f"per-cell demo times x {speed:.2f}, the speed of {len(pairs)} finished evaluation(s) here"
 
 
-def estimate(jobs: list[Job], preset: str) -> Estimate:
-    """The expected CPU time of the jobs not finished."""
+def estimate(jobs: list[Job], preset: str, extra_flags: bool = False) -> Estimate:
+    """The expected CPU time of the jobs not finished. extra_flags: the runs take flags of the user's
+    (--pretrain-args / --eval-args), which the demo figures do not know of."""
     left = [j for j in jobs if j.state() != "finished"]
     total: float | None = 0.0
     lines = [f"{len(jobs) - len(left)} of {len(jobs)} runs finished (reused)"]
@@ -110,6 +111,9 @@ def estimate(jobs: list[Job], preset: str) -> Estimate:
                          f"(from {source})")
             if total is not None:
                 total += seconds
+    if extra_flags and any("demo" in line for line in lines):
+        lines.append("the demo figures do not know the extra --pretrain-args / --eval-args (a --max-steps or "
+                     "--epochs there changes the time)")
     return Estimate(total, lines)
 
 
