@@ -1,0 +1,199 @@
+"""The comparison table: every task and fraction of `evaluate all` (rows, in its published order) by method
+(columns), mean ± standard deviation over pretraining seeds, and each method's paired difference against the
+reference method (ConVIRT by default; at the same weight variants where those are benchmarked) with its 95%
+t-interval over the seed pairs.
+
+A method's value at one pretraining seed is what its `evaluate all` table shows: the mean over the head seeds
+(--eval-seeds) of that checkpoint. Pairs are formed by pretraining seed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from cgns.benchmark.plan import Job
+from cgns.benchmark.stats import mean_std, paired_difference
+from cgns.io import atomic_write_json, atomic_write_text
+
+
+def seed_values(jobs: list[Job]) -> tuple[list[dict], dict]:
+    """(rows: [{"header", "label", "task", "dataset", "percent"}] in table order, values: {method: {seed: {(header,
+    label): value or None}}}) from the table.json of each finished evaluation."""
+    rows, seen, values = [], set(), {}
+    for job in jobs:
+        table = job.directory / "table.json"
+        if job.kind != "evaluate" or not table.is_file():
+            continue
+        mine = values.setdefault(job.method, {}).setdefault(job.seed, {})
+        for column in json.loads(table.read_text())["columns"]:
+            for value in column["values"]:
+                key = (column["header"], value["label"])
+                mine[key] = value["mean"]
+                if key not in seen:
+                    seen.add(key)
+                    rows.append({"header": column["header"], "label": value["label"], "task": column["task"],
+                                 "dataset": column["dataset"], "percent": column.get("percent", True)})
+    order = {}
+    for column_index, header in enumerate(_column_order()):
+        order.setdefault(header, column_index)
+    rows.sort(key=lambda r: order.get(r["header"], len(order)))        # stable: labels keep their order
+    return rows, values
+
+
+def _column_order() -> list[str]:
+    from cgns.evaluate.table import COLUMNS
+
+    return [c.header for c in COLUMNS]
+
+
+def paired_with(method: str, reference: str | None, methods: list[str]) -> str | None:
+    """The method a row is paired against: the reference at the same weight variants when that is benchmarked
+    ('cgns@w3=0.5' against 'cgns-no-cgns@w3=0.5' for --reference cgns-no-cgns), else the reference itself; None for
+    the reference, or when the reference is not benchmarked."""
+    if reference not in methods:
+        return None
+    _, at, variants = method.partition("@")
+    same_weights = f"{reference}@{variants}" if at else None
+    partner = same_weights if same_weights in methods and same_weights != method else reference
+    return None if partner == method else partner
+
+
+def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
+    """{"methods", "reference", "rows": [row + {"methods": {method: {"mean", "std", "n", "seeds", "difference"}}}]}.
+    "difference" (paired by pretraining seed against paired_with(method)) is None where there is no partner."""
+    rows, values = seed_values(jobs)
+    partners = {m: paired_with(m, reference, methods) for m in methods}
+    out = []
+    for row in rows:
+        key = (row["header"], row["label"])
+
+        def per_seed(method):
+            return {seed: entry.get(key) for seed, entry in sorted(values.get(method, {}).items())}
+
+        per_method = {}
+        for method in methods:
+            seeds = per_seed(method)
+            partner = partners[method]
+            difference = None if partner is None else {**paired_difference(seeds, per_seed(partner)),
+                                                       "against": partner}
+            per_method[method] = {**mean_std(list(seeds.values())), "seeds": {str(s): v for s, v in seeds.items()},
+                                  "difference": difference}
+        out.append({**row, "methods": per_method})
+    return {"methods": list(methods), "reference": reference if reference in methods else None,
+            "partners": partners, "rows": out}
+
+
+def _scale(row: dict) -> tuple[int, int]:
+    return (100, 1) if row["percent"] else (1, 2)
+
+
+def show_mean_std(row: dict, entry: dict) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    scale, digits = _scale(row)
+    text = f"{scale * entry['mean']:.{digits}f}"
+    return text + (f" ± {scale * entry['std']:.{digits}f}" if entry["std"] is not None else "")
+
+
+def show_difference(row: dict, difference: dict) -> str:
+    if difference is None or difference["mean"] is None:
+        return "n/a"
+    scale, digits = _scale(row)
+    text = f"{scale * difference['mean']:+.{digits}f}"
+    if difference["low"] is None:
+        return text + " [n/a]"
+    return text + f" [{scale * difference['low']:+.{digits}f}, {scale * difference['high']:+.{digits}f}]"
+
+
+def markdown(comparison: dict, title: str) -> str:
+    methods, reference = comparison["methods"], comparison["reference"]
+    lines = [f"# {title}", "", "Mean ± standard deviation over pretraining seeds (percent, except CNR and mIoU); "
+             "each seed's value is its checkpoint's mean over the head seeds.", "",
+             "| column | value | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for row in comparison["rows"]:
+        cells = " | ".join(show_mean_std(row, row["methods"][m]) for m in methods)
+        lines.append(f"| {row['header']} | {row['label']} | {cells} |")
+    others = [m for m in methods if comparison["partners"][m] is not None]
+    if reference is None:
+        lines += ["", "No paired differences: the reference method is not among the methods benchmarked."]
+    elif others:
+        lines += ["", f"Paired difference against {reference} (at the same weight variants where those are "
+                      f"benchmarked), by pretraining seed: mean [95% t-interval over the seed pairs; n/a with one "
+                      f"pair].", "",
+                  "| column | value | " + " | ".join(f"{m} − {comparison['partners'][m]}" for m in others) + " |",
+                  "|---|---|" + "---|" * len(others)]
+        for row in comparison["rows"]:
+            cells = " | ".join(show_difference(row, row["methods"][m]["difference"]) for m in others)
+            lines.append(f"| {row['header']} | {row['label']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def csv_text(comparison: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", "column", "task", "dataset", "value", "n_seeds", "mean", "std", "per_seed",
+                     "paired_against", "difference_mean", "difference_low", "difference_high", "n_pairs"])
+    for row in comparison["rows"]:
+        for method, entry in row["methods"].items():
+            difference = entry["difference"] or {}
+            per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
+            writer.writerow([method, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
+                             _number(entry["mean"]), _number(entry["std"]), per_seed,
+                             difference.get("against", ""), _number(difference.get("mean")),
+                             _number(difference.get("low")), _number(difference.get("high")),
+                             difference.get("n", "")])
+    return out.getvalue()
+
+
+def plot(comparison: dict, path: Path, title: str) -> Path:
+    """One panel per column: grouped bars (one per method) for each value, with the standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    headers = list(dict.fromkeys(r["header"] for r in comparison["rows"]))
+    methods = comparison["methods"]
+    per_line = 4
+    lines = max(1, math.ceil(len(headers) / per_line))
+    figure, axes = plt.subplots(lines, per_line, figsize=(3.6 * per_line, 2.8 * lines), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    for ax, header in zip(axes.flat, headers):
+        rows = [r for r in comparison["rows"] if r["header"] == header]
+        for i, method in enumerate(methods):
+            scale = _scale(rows[0])[0]
+            means = [scale * (r["methods"][method]["mean"] or 0.0) for r in rows]
+            errors = [scale * (r["methods"][method]["std"] or 0.0) for r in rows]
+            positions = [k + (i - (len(methods) - 1) / 2) * width for k in range(len(rows))]
+            ax.bar(positions, means, width, yerr=errors, capsize=2, label=method, color=f"C{i}")
+        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], fontsize=7)
+        ax.set_title(header, fontsize=8)
+    for ax in list(axes.flat)[len(headers):]:
+        ax.axis("off")
+    if headers:
+        axes.flat[0].legend(fontsize=6)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_comparison(output_dir: Path, comparison: dict, title: str, with_plot: bool = True) -> dict:
+    """benchmark.md, benchmark.csv, benchmark.json and (with_plot) benchmark.png under output_dir -> their paths."""
+    paths = {"markdown": output_dir / "benchmark.md", "csv": output_dir / "benchmark.csv",
+             "plot": output_dir / "benchmark.png", "json": output_dir / "benchmark.json"}
+    atomic_write_text(paths["markdown"], markdown(comparison, title))
+    atomic_write_text(paths["csv"], csv_text(comparison))
+    atomic_write_json(paths["json"], {"title": title, **comparison})
+    if with_plot:
+        plot(comparison, paths["plot"], title)
+    return {k: str(v) for k, v in paths.items()}
