@@ -46,7 +46,7 @@ import json, pathlib, statistics, sys
 out, seeds = pathlib.Path(sys.argv[1]), sys.argv[2:]
 columns = [(f"{way} R@{k}", ("val", f"retrieval/{way}_R@{k}")) for way in ("i2t", "t2i") for k in (1, 5, 10)]
 columns += [(f"probe {pct}", ("linear_probe", "pretrained", key))
-            for pct, key in (("1%", "0.01"), ("10%", "0.1"), ("100%", "1.0"))]
+            for pct, key in (("1%", "0.01"), ("10%", "0.1"), ("100%", "1"))]
 columns += [("wall min", ("wall",))]
 
 

@@ -235,3 +235,26 @@ def test_train_pretrain_with_input_masking_goes_through_both_fused_gathers(test_
     train = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"train"' in line]
     assert "loss/reconstruction" in train[-1] and all(math.isfinite(v) for k, v in train[-1].items()
                                                        if k.startswith("loss/"))
+
+
+def test_the_visual_reports_masked_reconstruction_shows_the_kept_patches_and_the_prediction():
+    from cgns.viz.panels import reconstruct
+
+    torch.manual_seed(0)
+    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", mir_target_norm=True)).eval()
+    batch = tiny_batch()
+    shown = reconstruct(model, batch)
+    assert shown["kept"].shape == (4, 2, 2) and shown["kept"].sum() == 4 * 2
+    rows = F.unfold(shown["reconstruction"], 16, stride=16).transpose(1, 2)             # [B,4,3*16*16]
+    truth = F.unfold(batch["image"], 16, stride=16).transpose(1, 2)
+    kept = shown["kept"].flatten(1)
+    assert torch.equal(rows[kept], truth[kept]) and not torch.equal(rows[~kept], truth[~kept])
+    # the masked patches: the decoder's normalised prediction put back at the true patch's mean and variance
+    keep_index, _ = random_patch_split(4, 4, 2, noise=torch.rand(4, 4, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        _, patches = model.image_features(batch["image"], keep_index)
+        _, sentences, mask = model.text_features(batch["input_ids"], batch["attention_mask"], batch["sentence_index"])
+        raw = F.unfold(model.decoder(patches, keep_index, sentences, mask), 16, stride=16).transpose(1, 2)
+    expected = raw * (truth.var(-1, keepdim=True) + 1e-6).sqrt() + truth.mean(-1, keepdim=True)
+    torch.testing.assert_close(rows[~kept], expected[~kept])
+    torch.testing.assert_close(reconstruct(model, batch)["reconstruction"], shown["reconstruction"])  # seeded

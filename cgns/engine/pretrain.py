@@ -134,6 +134,7 @@ class Pretrainer:
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     def _new_optimizer(self):
+        self._step_copies = {}  # guarded_step's buffers, one per parameter / state tensor of this optimiser
         params = [p for p in self.raw.parameters() if p.requires_grad]
         # On a GPU the fused kernel: one launch, and it skips a flagged step on the device (found_inf). On the CPU
         # the default implementation, whose figures the demo prints (fused rounds differently in the last bit).
@@ -336,7 +337,7 @@ class Pretrainer:
             finally:
                 del self.optimizer.found_inf
         else:
-            guarded_step(self.optimizer, bad)
+            guarded_step(self.optimizer, bad, self._step_copies)
 
     def _accumulate(self, step_sums: dict, stats: dict, finite: torch.Tensor, micro_steps: int) -> None:
         """Add a step's loss sums to the log window (a skipped step adds nothing; all on the device)."""
@@ -462,21 +463,29 @@ def prepare_for_device(model: torch.nn.Module, device: torch.device, compile_tow
 
 
 @torch.no_grad()
-def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor, buffers: dict | None = None) -> None:
     """optimizer.step(), undone on the device where bad (a 0-d bool) is True: parameters and every state tensor
     (moments, step counts; zeros for state the step created) are put back with torch.where. For optimisers without
-    a fused found_inf skip (the CPU Adam); a good step's values are exactly those of a plain step."""
-    saved = {}
+    a fused found_inf skip (the CPU Adam); a good step's values are exactly those of a plain step. buffers: a dict
+    kept by the caller, so the copies are not reallocated every step."""
+    buffers = {} if buffers is None else buffers
+    kept, fresh = [], []
     for group in optimizer.param_groups:
         for param in group["params"]:
-            if param.grad is not None:
-                state = optimizer.state.get(param, {})
-                saved[param] = (param.detach().clone(),
-                                {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)})
+            if param.grad is None:
+                continue
+            state = optimizer.state.get(param)
+            if state:
+                kept += [param, *(v for v in state.values() if isinstance(v, torch.Tensor))]
+            else:
+                fresh.append(param)
+                kept.append(param)
+    saved = [buffers.setdefault(id(t), torch.empty_like(t)) for t in kept]
+    torch._foreach_copy_(saved, kept)
     optimizer.step()
-    for param, (value, state) in saved.items():
-        param.copy_(torch.where(bad, value, param))
-        for name, now in optimizer.state[param].items():
+    for now, before in zip(kept, saved):
+        torch.where(bad.to(now.device), before, now, out=now)
+    for param in fresh:  # state this step created: as if never stepped
+        for now in optimizer.state[param].values():
             if isinstance(now, torch.Tensor):
-                before = state.get(name, torch.zeros_like(now))
-                now.copy_(torch.where(bad.to(now.device), before, now))
+                torch.where(bad.to(now.device), now.new_zeros(()), now, out=now)

@@ -332,6 +332,31 @@ class CGNSModel(nn.Module):
         return {"maps": attention.reshape(*attention.shape[:2], *self.image_encoder.grid),
                 "sentence_mask": sentence_mask}
 
+    @torch.no_grad()
+    def masked_reconstruction(self, batch, seed: int = 0) -> dict:
+        """--mir-masking input, for the visual report: a seeded split at the run's mask ratio, the decoder's
+        prediction -> {"reconstruction": [B,3,S,S] (predicted pixels on the masked patches, the input on the kept
+        ones; with --mir-target-norm each predicted patch is put back at its true mean and variance, as MAE shows
+        it), "kept": bool[B,h,w]}."""
+        images, (height, width) = batch["image"], self.image_encoder.grid
+        batch_size, num_patches, patch = images.shape[0], height * width, self.image_encoder.patch_stride
+        noise = torch.rand(batch_size, num_patches, generator=torch.Generator().manual_seed(seed))
+        keep_index, _ = random_patch_split(batch_size, num_patches, kept_patch_count(num_patches,
+                                                                                     self.config.mask_ratio),
+                                           noise=noise.to(images.device))
+        _, patches = self.image_features(images, keep_index)
+        _, sentences, sentence_mask = self.text_features(batch["input_ids"], batch["attention_mask"],
+                                                         batch["sentence_index"], batch.get("index"))
+        predicted = F.unfold(self.decoder(patches, keep_index, sentences, sentence_mask), patch, stride=patch)
+        truth = F.unfold(images, patch, stride=patch)                                   # [B,3p^2,L]
+        if self.config.mir_target_norm:
+            predicted = predicted * (truth.var(dim=1, keepdim=True) + 1e-6).sqrt() + truth.mean(dim=1, keepdim=True)
+        kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=images.device)
+        kept.scatter_(1, keep_index, True)                                              # [B,L]
+        shown = torch.where(kept[:, None, :], truth, predicted)
+        return {"reconstruction": F.fold(shown, images.shape[-2:], patch, stride=patch),
+                "kept": kept.view(batch_size, height, width)}
+
     # ---- training objective ---------------------------------------------------------------------------------
     def patch_split(self, batch):
         """In training with --mask-ratio R > 0: (keep_index long[B,M], masked_index long[B,L-M]) of a random split

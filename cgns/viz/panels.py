@@ -147,6 +147,8 @@ def reconstruct(model, batch: dict) -> dict:
     """
     if hasattr(model, "reconstruct"):
         return model.reconstruct(batch)
+    if getattr(model.config, "mir_masking", "features") == "input":  # MAE-style CM-MIR: input patches masked
+        return model.masked_reconstruction(batch)
     _, patches = model.image_features(batch["image"])
     _, sentences, mask = model.text_features(batch["input_ids"], batch["attention_mask"], batch["sentence_index"])
     text_to_patch = model.cross_attention(patches, sentences, mask)["text_to_patch"]
