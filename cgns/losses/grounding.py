@@ -105,13 +105,18 @@ def report_image_matching_loss(queries: torch.Tensor, owner: torch.Tensor, patch
 
 def grounding_loss(sentences: torch.Tensor, sentence_mask: torch.Tensor, patches: torch.Tensor,
                    attention_temperature: float = 4.0, sentence_temperature: float = 5.0,
-                   logit_scale: float = 10.0) -> dict:
+                   logit_scale: float = 10.0, sentence_rows: torch.Tensor | None = None) -> dict:
     """sentences [B,S,D] (any norm), sentence_mask bool[B,S] (every report has one), patches [B,L,D] unit norm.
 
-    report_image_matching_loss with the 'cosine' attention on the unit sentences. Returns {'grounding': loss}.
+    report_image_matching_loss with the 'cosine' attention on the unit sentences. sentence_rows long[n] (b*S + s of
+    each real sentence, row-major: the pretraining collate's, cgns.data.datasets.sentence_layout) picks the real
+    sentences and their reports without reading the device; None finds them from sentence_mask (boolean indexing
+    and nonzero: a host synchronisation on a GPU). Returns {'grounding': loss}.
     """
     dtype = torch.promote_types(torch.promote_types(sentences.dtype, patches.dtype), torch.float32)  # as autocast
-    z = F.normalize(sentences[sentence_mask].to(dtype), dim=-1)                             # [n,D]
-    owner = sentence_mask.nonzero()[:, 0]                                                   # [n] in 0..B-1
+    if sentence_rows is None:
+        sentence_rows = sentence_mask.flatten().nonzero()[:, 0]                             # [n] host read
+    z = F.normalize(sentences.flatten(0, 1).index_select(0, sentence_rows).to(dtype), dim=-1)   # [n,D]
+    owner = torch.div(sentence_rows, sentences.shape[1], rounding_mode="floor")            # [n] in 0..B-1
     return {"grounding": report_image_matching_loss(z, owner, patches.to(dtype), attention_temperature,
                                                     sentence_temperature, logit_scale)}
