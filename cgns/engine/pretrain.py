@@ -182,11 +182,13 @@ class Pretrainer:
         """Continue exactly where the checkpoint left off; refuse one from another configuration."""
         state = ckpt.load_checkpoint(path, map_location="cpu")
         saved_config = state.get("config", {})
-        ckpt.check_compatible(path, saved_config, self.model_config, "model configuration")
+        ckpt.check_compatible(path, saved_config, self.model_config, "model configuration",
+                              defaults=ckpt.config_defaults(getattr(self.raw, "config", None)))
         current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
                    if k in RESUME_KEYS}
         saved = {**state.get("loop", {}), "world_size": state.get("world_size")}
-        ckpt.check_compatible(path, saved, current, "run configuration", keys=RESUME_KEYS)
+        ckpt.check_compatible(path, saved, current, "run configuration", keys=RESUME_KEYS,
+                              defaults=ckpt.config_defaults(self.cfg))
         self.raw.load_state_dict(state["model"], strict=True)
         self.progress = Progress(**state["progress"])
         self.optimizer = self._new_optimizer()
