@@ -22,6 +22,7 @@ from cgns.config import option
 from cgns.engine import checkpoint as ckpt
 from cgns.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
                                      is_distributed, rng_state, set_rng_state)
+from cgns.distributed import exchange_row_counts, known_row_counts
 from cgns.engine.logging import RunLogger, Throughput
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.retrieval import chance_recall, evaluate_retrieval
@@ -299,11 +300,12 @@ class Pretrainer:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         step_sums, step_stats = {}, None
         for i, batch in enumerate(micro_batches):
+            counts = exchange_row_counts(batch.get("row_counts"))  # host integers over a CPU group: no device read
             batch = move_to(batch, self.device)
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.model is self.raw else self.model.no_sync()
             with sync:
-                with self.autocast():
+                with self.autocast(), known_row_counts(counts):
                     losses, stats = self.model(batch, stage=self.progress.stage)
                     loss = total_loss(losses)
                 self.scaler.scale(loss / len(micro_batches)).backward()
