@@ -97,8 +97,6 @@ def run(config: PretrainConfig, preset: str, info) -> dict:
     model = build_model(model_config, tokenizer)
     seed_for_data(config.loop.seed, info.rank)  # per-rank augmentation, dropout and masking
     out = Path(config.run.output_dir)
-    if info.is_main:
-        write_config(out, config)
     log_main(info, f"pretraining ({model_config.method}) {model_config.image_encoder}@{model_config.image_size}px + "
                    f"{model_config.text_encoder or 'random BERT'}: {len(train_set)} train / {len(valid_set)} valid "
                    f"pairs, {info.world_size} process(es) on {info.device}, output {out}")
@@ -109,6 +107,8 @@ def run(config: PretrainConfig, preset: str, info) -> dict:
     resume = Path(config.run.checkpoint) if config.run.checkpoint else ckpt.find_resume(out)
     if resume is not None:
         trainer.resume(resume)
+    if info.is_main:   # after the resume checks: a refused run leaves the folder's config.json as it was
+        write_config(out, config)
     val = trainer.fit()
     metrics = {"val": {k.removeprefix("val/"): v for k, v in val.items()},
                "data": {"train_pairs": len(train_set), "valid_pairs": len(valid_set),

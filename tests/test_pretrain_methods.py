@@ -7,7 +7,7 @@ import torch
 import train_pretrain
 from cgns.engine import checkpoint as ckpt
 from cgns.engine.methods import PRESETS
-from test_pretrain_main import TINY, records, run
+from test_pretrain_main import records, run
 
 PEERS = ("convirt", "gloria", "mgca")
 TERMS = {"convirt": {"global"}, "gloria": {"global", "local"}, "mgca": {"global", "local", "prototype"}}
@@ -86,7 +86,13 @@ def test_resume_under_another_method_is_refused(test_world, tmp_path):
         run(test_world, tmp_path, "--method", "gloria", "--max-steps", 2)
     with pytest.raises(ValueError, match=r"written by a --method convirt run; this run is --method cgns"):
         run(test_world, tmp_path, "--max-steps", 2)
-    # a peer run's config.json cannot switch methods (its objective settings are the peer's)
+    # the refused runs left the folder's config.json alone; it runs the same peer again, and cannot switch methods
+    # (its objective settings are the peer's)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["method"] == "convirt"
+    again = train_pretrain.main(["--config", str(tmp_path / "config.json"), "--output-dir", str(tmp_path / "again")])
+    assert again["steps"] == 1
+    rewritten = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert rewritten["model"] == json.loads((tmp_path / "config.json").read_text())["model"]
     with pytest.raises(ValueError, match=r"--method mgca: the objective settings .* are not mgca's"):
         train_pretrain.main(["--config", str(tmp_path / "config.json"), "--method", "mgca",
                              "--output-dir", str(tmp_path / "other")])
@@ -146,7 +152,3 @@ def test_peer_with_input_masking_encodes_only_the_kept_patches(test_world, tmp_p
         PeerModel.image_inputs = real
     assert metrics["steps"] == 2
     assert {n for training, n in seen if training} == {2} and {n for training, n in seen if not training} == {4}
-
-
-def test_tiny_args_are_the_main_tests():
-    assert "--batch-size" in TINY        # the world's 32 training pairs make 4 steps per epoch at batch 8
