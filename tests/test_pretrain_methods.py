@@ -46,13 +46,19 @@ def test_every_method_trains_saves_and_loads(test_world, tmp_path, method):
     with torch.no_grad():
         expected = loaded.model.objective.image_embedding({"image_global": loaded.model.image_encoder(images)["global"]})
     torch.testing.assert_close(image_vectors, expected)
+    # phrase grounding (python -m cgns.evaluate grounding): the word maps of GLoRIA / MGCA; ConVIRT has none
+    from cgns.evaluate import cli
+    grounding = cli.main(["grounding", "--checkpoint", str(tmp_path), "--data-root", str(test_world / "mimic_cxr"),
+                          "--output-dir", str(tmp_path / "grounding")])
     if method == "convirt":
         with pytest.raises(ValueError, match="ConVIRT learns global embeddings only"):
             loaded.similarity_maps(images, texts)
+        assert grounding["test"]["cnr"] is None and "no local features" in grounding["skipped"]
     else:
         maps = loaded.similarity_maps(images, texts)
         assert maps.shape == (3, 2, 2) and torch.isfinite(maps).all()
         torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(3))    # an attention over the patches
+        assert grounding["test"]["n"] > 0 and grounding["test"]["cnr"] is not None
 
 
 def test_mgca_resumes_bit_exact_across_the_prototype_unfreezing(test_world, tmp_path):

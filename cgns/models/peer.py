@@ -44,6 +44,7 @@ class PeerModel(EncoderPair):
         if config.method not in ("convirt", "gloria", "mgca"):
             raise ValueError(f"PeerModel builds a peer objective (convirt, gloria, mgca), got {config.method!r}")
         self.method = config.method
+        self.has_local_features = config.method != "convirt"        # similarity maps (evaluate grounding)
         settings = {**config.objective, "embed_dim": config.embed_dim}
         self.objective = build_objective(config.method, config.image_encoder, self.image_encoder.global_dim,
                                          self.text_encoder.hidden_size, **settings)
@@ -111,7 +112,7 @@ class PeerModel(EncoderPair):
         """
         if kind != LOCAL_KIND:
             raise ValueError(f"a {self.method} model has one kind of local map, {LOCAL_KIND!r}; got {kind!r}")
-        if self.method == "convirt":
+        if not self.has_local_features:
             raise ValueError("ConVIRT learns global embeddings only: it has no local features for similarity maps "
                              "(use a gloria, mgca or cgns model)")
         image = self.image_inputs(batch["image"])
