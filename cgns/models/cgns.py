@@ -25,6 +25,7 @@ from cgns.models.decoders import MaskedPatchDecoder, build_decoder, place_on_gri
 from cgns.models.encoder_pair import EncoderPair
 from cgns.models.encoders import ENCODER_NAMES, AttentionPool
 from cgns.models.text import sentence_attention_mask
+from cgns.models.vit import kept_patch_count, random_patch_split
 
 
 ATTENTION_KINDS = ("cross", "grounding")     # which attention the visual report maps (CGNSModel.local_attention)
