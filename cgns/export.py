@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from cgns.io import atomic_directory
 
 FORMAT = "cgns-export"
 VERSION = 1
@@ -68,9 +68,7 @@ def export_model(model, tokenizer, out: str | os.PathLike, cache_size: int, sour
     config = model.config.to_dict()
     image, _, heads = split_state(model.state_dict())
     plain = lambda tensors: {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # noqa: E731
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         save_file(plain(image), str(tmp / IMAGE_FILE), metadata={"format": "pt"})
         torch.save(plain(image), tmp / IMAGE_PTH)
         save_file(plain(heads), str(tmp / HEADS_FILE), metadata={"format": "pt"})
@@ -88,12 +86,6 @@ def export_model(model, tokenizer, out: str | os.PathLike, cache_size: int, sour
             "heads": HEADS_FILE,
         }
         (tmp / CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

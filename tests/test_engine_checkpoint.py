@@ -53,3 +53,18 @@ def test_mismatch_names_every_field():
     assert "image_encoder: checkpoint='vit_tiny', now='resnet50'" in message
     assert "proj_dim" not in message and "crop" not in message  # equal fields (list vs tuple) are not named
     ckpt.check_compatible("x.pt", saved, dict(saved), "model configuration")  # equal: accepted
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from cgns.io import atomic_directory
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert [p.name for p in out.iterdir()] == ["old.txt"] and len(list(tmp_path.iterdir())) == 1   # temp removed
+    with atomic_directory(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and len(list(tmp_path.iterdir())) == 1
