@@ -11,7 +11,7 @@ from cgns.distributed import DistInfo, cleanup_distributed, init_distributed
 from cgns.engine.methods import objective_settings
 from cgns.engine.pretrain import LoopConfig, Pretrainer
 from cgns.models.peer import PeerModel
-from test_engine_distributed import _rendezvous_store
+from test_engine_distributed import _rendezvous_store, train_sharded
 from test_models_cgns import VOCAB, tiny_batch, tiny_config
 
 PEERS = ("convirt", "gloria", "mgca")
@@ -43,26 +43,7 @@ def _peer_run(method, info, out_dir, shards: int, shard: int):
     prototypes train); returns each step's gradients and the final parameters and buffers."""
     torch.manual_seed(0)
     model = peer_model(method)
-    cfg = LoopConfig(batch_size=8 // shards, lr=1e-3, log_every=1, validate=False, progress=False, amp="none",
-                     clip_grad=1.0)
-    trainer = Pretrainer(model, train_set=[None] * 8, val_set=None, collate_fn=collate_pretrain, cfg=cfg, info=info,
-                         output_dir=out_dir, model_config=model.config.to_dict())
-    trainer.progress.epoch = 1
-    grads, real_step = [], trainer.optimizer.step
-
-    def capture(*args, **kwargs):
-        grads.append({n: p.grad.clone() for n, p in trainer.raw.named_parameters() if p.grad is not None})
-        return real_step(*args, **kwargs)
-
-    trainer.optimizer.step = capture
-    size = 8 // shards
-    for step in range(STEPS):
-        pairs = tiny_batch(batch=8, seed=step)
-        items = [{k: v[i] for k, v in pairs.items()} for i in range(shard * size, (shard + 1) * size)]
-        stepped = trainer._optimizer_step([collate_pretrain(items)])
-        trainer.progress.global_step += 1
-        trainer._after_step(stepped, cfg.lr)
-    trainer.logger.close()
+    trainer, grads = train_sharded(model, info, out_dir, shards, shard, epoch=1)
     return {"grads": grads, "state": {n: t.detach().clone() for n, t in trainer.raw.state_dict().items()}}
 
 
