@@ -4,11 +4,13 @@
     python train_pretrain.py --config paper --data-root DIR --text-encoder BERT_DIR
     python train_pretrain.py --config runs/pretrain_demo/config.json --output-dir runs/again   # the same run again
     torchrun --nproc_per_node=2 train_pretrain.py --config paper --data-root DIR ...
+    python train_pretrain.py --method mgca                    # a peer objective (convirt, gloria, mgca) on the demo
 
 Re-running with the same --output-dir resumes from its checkpoints/latest.pt.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -20,14 +22,36 @@ from cgns.config import ConfigParser, write_config
 from cgns.data.roots import resolve_data_root
 from cgns.distributed import barrier, cleanup_distributed, init_distributed, log_main, seed_for_data, seed_for_model
 from cgns.engine import checkpoint as ckpt
+from cgns.engine.methods import METHODS
 from cgns.engine.pretrain import Pretrainer
-from cgns.engine.pretrain_config import PRESETS, PretrainConfig, resolve
+from cgns.engine.pretrain_config import PRESETS, PretrainConfig, resolve, with_method
 
 DATASET = "mimic_cxr"
 
 
+class PretrainParser(ConfigParser):
+    """The presets seen through --method: a peer's run starts from the preset with the peer's objective and loop
+    settings (pretrain_config.with_method), so that --help shows them and explicit flags still win."""
+
+    method = None
+
+    def parse(self, argv=None, *, namespace: bool = False):
+        argv = list(sys.argv[1:] if argv is None else argv)
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--method")
+        self.method = pre.parse_known_args(argv)[0].method
+        return super().parse(argv, namespace=namespace)
+
+    def base(self, name: str):
+        config = super().base(name)
+        if self.method in METHODS and name in self.presets:      # an unknown --method: argparse names the choices
+            return with_method(config, self.method, name)
+        return config
+
+
 def config_parser() -> ConfigParser:
-    return ConfigParser("CM-CGNS two-stage pretraining", PretrainConfig, PRESETS, prog="train_pretrain.py")
+    return PretrainParser("CM-CGNS two-stage pretraining (or a peer objective's, --method)", PretrainConfig,
+                          PRESETS, prog="train_pretrain.py")
 
 
 def parse_args(argv=None) -> tuple[PretrainConfig, str]:
@@ -63,19 +87,17 @@ def main(argv=None) -> dict:
 
 
 def run(config: PretrainConfig, preset: str, info) -> dict:
-    from cgns.models.cgns import CGNSModel
+    from cgns.models.peer import build_model
 
     train_set, valid_set, tokenizer, tokenizer_dir = build_data(config, info)
     config = resolve(config, preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                      tokenizer_dir=tokenizer_dir)
     model_config = config.model
     seed_for_model(config.loop.seed)  # identical initial weights on every rank
-    model = CGNSModel(model_config)
+    model = build_model(model_config, tokenizer)
     seed_for_data(config.loop.seed, info.rank)  # per-rank augmentation, dropout and masking
     out = Path(config.run.output_dir)
-    if info.is_main:
-        write_config(out, config)
-    log_main(info, f"pretraining {model_config.image_encoder}@{model_config.image_size}px + "
+    log_main(info, f"pretraining ({model_config.method}) {model_config.image_encoder}@{model_config.image_size}px + "
                    f"{model_config.text_encoder or 'random BERT'}: {len(train_set)} train / {len(valid_set)} valid "
                    f"pairs, {info.world_size} process(es) on {info.device}, output {out}")
     run_record = {**dataclasses.asdict(config), "world_size": info.world_size}
@@ -85,6 +107,8 @@ def run(config: PretrainConfig, preset: str, info) -> dict:
     resume = Path(config.run.checkpoint) if config.run.checkpoint else ckpt.find_resume(out)
     if resume is not None:
         trainer.resume(resume)
+    if info.is_main:   # after the resume checks: a refused run leaves the folder's config.json as it was
+        write_config(out, config)
     val = trainer.fit()
     metrics = {"val": {k.removeprefix("val/"): v for k, v in val.items()},
                "data": {"train_pairs": len(train_set), "valid_pairs": len(valid_set),
@@ -115,7 +139,10 @@ def closing_summary(config: PretrainConfig, out: Path, val: dict) -> dict:
     final = ckpt.checkpoint_dir(out) / ckpt.FINAL
     if config.data.data_root is None and config.run.linear_eval and final.is_file():
         extra["linear_probe"] = linear_comparison(config, out, final)
-    if config.run.report:
+    if config.run.report and config.model.method != "cgns":
+        print(f"visual report: not made for --method {config.model.method} (it draws CM-CGNS's attention and "
+              f"clusters)")
+    elif config.run.report:
         try:
             from cgns.viz import write_report
             print(f"visual report: {write_report(out)}")

@@ -12,7 +12,8 @@ Layout of DIR:
                                 ViT / ResNet-50 use their parameter names, tests/test_models_weights.py)
     text_encoder/               the BERT and the tokenizer as a transformers folder (AutoModel / AutoTokenizer)
     heads.safetensors           every other parameter and buffer of the CGNSModel (projections, report pooling,
-                                ResNet attention pooling, cross-attention, ...), under their CGNSModel names
+                                ResNet attention pooling, cross-attention, ...) or of a peer's PeerModel
+                                (objective.*: its heads, MGCA's prototypes), under their model names
     config.json                 the model configuration, the image cache size (preprocessing) and how to load each part
 
 `cgns.load_model(DIR)` reads the folder back into the same model (same embeddings as the checkpoint).
@@ -22,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from cgns.io import atomic_directory
 
 FORMAT = "cgns-export"
 VERSION = 1
@@ -67,9 +68,7 @@ def export_model(model, tokenizer, out: str | os.PathLike, cache_size: int, sour
     config = model.config.to_dict()
     image, _, heads = split_state(model.state_dict())
     plain = lambda tensors: {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # noqa: E731
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         save_file(plain(image), str(tmp / IMAGE_FILE), metadata={"format": "pt"})
         torch.save(plain(image), tmp / IMAGE_PTH)
         save_file(plain(heads), str(tmp / HEADS_FILE), metadata={"format": "pt"})
@@ -87,12 +86,6 @@ def export_model(model, tokenizer, out: str | os.PathLike, cache_size: int, sour
             "heads": HEADS_FILE,
         }
         (tmp / CONFIG).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -114,7 +107,8 @@ def read_export(path: str | os.PathLike, random_init: bool = False):
     from safetensors.torch import load_file
     from transformers import BertConfig
 
-    from cgns.models.cgns import CGNSConfig, CGNSModel
+    from cgns.models.cgns import CGNSConfig
+    from cgns.models.peer import build_model
 
     path = Path(path)
     description = json.loads((path / CONFIG).read_text())
@@ -128,7 +122,7 @@ def read_export(path: str | os.PathLike, random_init: bool = False):
         values.update(text_encoder=None, text_vocab_size=bert.vocab_size, text_hidden_size=bert.hidden_size,
                       text_layers=bert.num_hidden_layers, text_heads=bert.num_attention_heads,
                       text_max_positions=bert.max_position_embeddings)
-    model = CGNSModel(CGNSConfig.from_dict(values))          # the BERT loads from text_encoder/ (safetensors)
+    model = build_model(CGNSConfig.from_dict(values))        # the BERT loads from text_encoder/ (safetensors)
     if not random_init:
         _, text, _ = split_state(model.state_dict())
         state = {**{IMAGE_PREFIX + k: v for k, v in _load(load_file, path / IMAGE_FILE).items()},

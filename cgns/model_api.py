@@ -26,7 +26,7 @@ RUN_CHECKPOINTS = ("final.pt", "latest.pt")
 
 
 class PretrainedModel:
-    """A CGNSModel in eval mode with its tokenizer and preprocessing; every method runs without gradients and splits
+    """A CGNSModel (or a peer objective's PeerModel, cgns.models.peer) in eval mode with its tokenizer and preprocessing; every method runs without gradients and splits
     its input into chunks of `batch_size`. Outputs are float32 on the CPU."""
 
     def __init__(self, model, tokenizer, cache_size: int = DEFAULT_CACHE_SIZE, batch_size: int = 32,
@@ -191,7 +191,8 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     configuration comes from `path`, or with path None from `config` (a CGNSConfig or its dict).
     tokenizer: a tokenizer object or folder instead of the one the checkpoint / config names.
     """
-    from cgns.models.cgns import CGNSConfig, CGNSModel
+    from cgns.models.cgns import CGNSConfig
+    from cgns.models.peer import build_model
 
     if path is None:
         if not random_init or config is None:
@@ -200,7 +201,7 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
                                        "image_weights": None})
         tokenizer = _tokenizer(tokenizer, config.tokenizer_dir, "the configuration")
         with _seeded(seed):
-            model = CGNSModel(config)
+            model = build_model(config, tokenizer)
         return PretrainedModel(model, tokenizer, DEFAULT_CACHE_SIZE, batch_size, device, "")
     path = Path(path)
     from cgns.export import is_export, read_export
@@ -232,12 +233,14 @@ def read_checkpoint(path: Path, random_init: bool = False):
     """(CGNSModel with the checkpoint's weights, its tokenizer folder, its image cache size); random_init: the
     checkpoint's architecture with fresh weights."""
     from cgns.engine.checkpoint import load_checkpoint
-    from cgns.models.cgns import CGNSConfig, CGNSModel
+    from cgns.models.cgns import CGNSConfig
+    from cgns.models.peer import build_model
     from cgns.viz.loading import model_from_checkpoint
 
     state = load_checkpoint(path)
     if random_init and "config" in state:
-        model = CGNSModel(CGNSConfig.from_dict({**state["config"], "image_weights": None})).eval()
+        config = CGNSConfig.from_dict({**state["config"], "image_weights": None})
+        model = build_model(config, state.get("tokenizer_dir")).eval()
     else:
         model = model_from_checkpoint(state, path)
     tokenizer_dir = state.get("tokenizer_dir") or state["config"].get("tokenizer_dir")

@@ -122,3 +122,18 @@ def test_the_trainer_resumes_a_checkpoint_written_before_fields_existed(tmp_path
     message = str(err.value)
     assert "mask_ratio: checkpoint=<absent: written before the field existed, so trained with its default 0.0>, " \
            "now=0.5" in message and "mir_masking: checkpoint=<absent" in message and "mir_target_norm" not in message
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from cgns.io import atomic_directory
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert [p.name for p in out.iterdir()] == ["old.txt"] and len(list(tmp_path.iterdir())) == 1   # temp removed
+    with atomic_directory(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and len(list(tmp_path.iterdir())) == 1

@@ -94,26 +94,18 @@ def _nan_on_one_rank(info, out_dir):
             "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
 
 
-def _masked_cgns_run(info, out_dir, shards: int, shard: int):
-    """The real model with input masking, MAE-style CM-MIR and the grounding term (stage 2, k-means on from the
-    first step), 2 steps on fixed global batches of 8 with the same patch noise per pair however the batch is split;
-    this shard's pairs go through the pretraining collate. Returns the gradients of each step and the final
-    parameters."""
+def train_sharded(model, info, out_dir, shards: int, shard: int, *, stage: int = 1, epoch: int = 0,
+                  noise: bool = False):
+    """STEPS loop steps of `model` on fixed global batches of 8 pairs (tiny_batch), this shard's pairs through the
+    pretraining collate (with the same patch noise per pair however the batch is split, when noise); returns the
+    trainer and each step's gradients, captured as the optimiser reads them."""
     from cgns.data.datasets import collate_pretrain
-    from cgns.models.cgns import CGNSModel
-    from test_models_cgns import tiny_batch, tiny_config
-
-    torch.manual_seed(0)
-    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", kmeans_start_cosine=1.0,
-                                  grounding_weight=1.0))
-    for module in model.modules():                     # no dropout: the ranks' RNG streams differ
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    from test_models_cgns import tiny_batch
     cfg = LoopConfig(batch_size=8 // shards, lr=1e-3, log_every=1, validate=False, progress=False, amp="none",
                      clip_grad=1.0)
     trainer = Pretrainer(model, train_set=[None] * 8, val_set=None, collate_fn=collate_pretrain, cfg=cfg, info=info,
                          output_dir=out_dir, model_config=model.config.to_dict())
-    trainer.progress.stage = 2
+    trainer.progress.stage, trainer.progress.epoch = stage, epoch
     grads, real_step = [], trainer.optimizer.step
 
     def capture(*args, **kwargs):
@@ -122,24 +114,44 @@ def _masked_cgns_run(info, out_dir, shards: int, shard: int):
 
     trainer.optimizer.step = capture
     size = 8 // shards
-    # every gather of the step takes the ranks' row counts from the collate's, exchanged over the CPU group: none
-    # is all-gathered on the device and read back (the ranks hold 11 and 12 sentences)
+    for step in range(STEPS):
+        pairs = tiny_batch(batch=8, seed=step)
+        if noise:
+            pairs["patch_noise"] = torch.rand(8, 4, generator=torch.Generator().manual_seed(100 + step))
+        items = [{k: v[i] for k, v in pairs.items()} for i in range(shard * size, (shard + 1) * size)]
+        stepped = trainer._optimizer_step([collate_pretrain(items)])
+        trainer.progress.global_step += 1
+        trainer._after_step(stepped, cfg.lr)
+    trainer.logger.close()
+    return trainer, grads
+
+
+def _masked_cgns_run(info, out_dir, shards: int, shard: int):
+    """The real model with input masking, MAE-style CM-MIR and the grounding term (stage 2, k-means on from the
+    first step), 2 steps on fixed global batches of 8 with the same patch noise per pair however the batch is split;
+    this shard's pairs go through the pretraining collate. Returns the gradients of each step and the final
+    parameters. Every gather of its steps takes the ranks' row counts from the collate's, exchanged over the CPU
+    group: none is all-gathered on the device and read back (the ranks hold 11 and 12 sentences)."""
     import cgns.distributed as distributed
+    from cgns.models.cgns import CGNSModel
+    from test_models_cgns import tiny_config
+
+    torch.manual_seed(0)
+    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", kmeans_start_cosine=1.0,
+                                  grounding_weight=1.0))
+    for module in model.modules():                     # no dropout: the ranks' RNG streams differ
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     real_exchange = distributed._exchanged_row_sizes
 
     def read_back(rows):
         raise AssertionError(f"a gather of {tuple(rows.shape)} read its ranks' row counts back from the device")
 
     distributed._exchanged_row_sizes = read_back
-    for step in range(STEPS):
-        pairs = tiny_batch(batch=8, seed=step)
-        pairs["patch_noise"] = torch.rand(8, 4, generator=torch.Generator().manual_seed(100 + step))
-        items = [{k: v[i] for k, v in pairs.items()} for i in range(shard * size, (shard + 1) * size)]
-        stepped = trainer._optimizer_step([collate_pretrain(items)])
-        trainer.progress.global_step += 1
-        trainer._after_step(stepped, cfg.lr)
-    distributed._exchanged_row_sizes = real_exchange
-    trainer.logger.close()
+    try:
+        trainer, grads = train_sharded(model, info, out_dir, shards, shard, stage=2, noise=True)
+    finally:
+        distributed._exchanged_row_sizes = real_exchange
     return {"grads": grads, "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
 
 

@@ -243,6 +243,21 @@ def test_prototypes_are_frozen_in_the_first_epoch_only():
     assert objective.prototypes.grad is not None and bool(objective.prototypes.grad.abs().sum() > 0)
 
 
+def test_validation_leaves_the_prototypes_untouched():
+    torch.manual_seed(0)
+    objective = MGCAObjective(6, 5, embed_dim=4, hidden_dim=8, num_prototypes=7).double()
+    with torch.no_grad():
+        objective.prototypes.mul_(3.0)                      # off the unit sphere, as after an optimiser step
+    before = objective.prototypes.detach().clone()
+    objective.eval()
+    evaluated = objective(_objective_inputs(), epoch=1)
+    assert torch.equal(objective.prototypes, before)       # eval reads a normalised copy
+    objective.train()
+    trained = objective(_objective_inputs(), epoch=1)
+    torch.testing.assert_close(objective.prototypes.norm(dim=1), torch.ones(7, dtype=DOUBLE))
+    assert torch.isfinite(evaluated["prototype"]) and torch.isfinite(trained["prototype"])
+
+
 def test_global_batch_norm_is_batch_norm_in_one_process():
     rows = torch.randn(6, 3, generator=_generator(31), dtype=DOUBLE, requires_grad=True)
     ours, reference = GlobalBatchNorm(3).double(), torch.nn.BatchNorm1d(3).double()

@@ -87,7 +87,7 @@ class SometimesNaN(StandInModel):
         super().__init__()
         self.nan_calls, self.calls = set(nan_calls), 0
 
-    def forward(self, batch, stage=1):
+    def forward(self, batch, stage=1, epoch=0):
         losses, stats = super().forward(batch, stage)
         self.calls += 1
         if self.calls in self.nan_calls or "all" in self.nan_calls:

@@ -38,7 +38,7 @@ class StandInModel(nn.Module):
         pooled = tokens.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
-    def forward(self, batch, stage=1):
+    def forward(self, batch, stage=1, epoch=0):
         image = self.encode_image(batch["image"])
         text = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sentence_index"])
         if dist.is_initialized() and dist.get_world_size() > 1:

@@ -5,7 +5,8 @@ Each stage gets a fresh Adam and its own warm-up + cosine schedule; stage 2 star
 its best checkpoint (by validation loss), and the log says which.
 
 The model is any nn.Module with
-    forward(batch: dict, stage: int) -> (losses: dict name -> scalar tensor, stats: dict name -> tensor)
+    forward(batch: dict, stage: int, epoch: int) -> (losses: dict name -> scalar tensor, stats: dict name -> tensor)
+      (epoch: 0-based within the stage; MGCA freezes its prototypes in epoch 0, the other objectives ignore it)
     encode_image(images [B,3,S,S]) -> [B,D];  encode_text(input_ids, attention_mask, sentence_index) -> [B,D]
 whose stateful parts (k-means centroids) are buffers, so the state dict is the whole model state.
 """
@@ -183,6 +184,12 @@ class Pretrainer:
         """Continue exactly where the checkpoint left off; refuse one from another configuration."""
         state = ckpt.load_checkpoint(path, map_location="cpu")
         saved_config = state.get("config", {})
+        if "method" in self.model_config:   # one pretraining objective per run (checkpoints before --method: cgns)
+            saved_config = {"method": "cgns", "objective": {}, **saved_config}
+            if saved_config["method"] != self.model_config["method"]:
+                raise ValueError(f"checkpoint {path} was written by a --method {saved_config['method']} run; this "
+                                 f"run is --method {self.model_config['method']}: refusing to resume it. Use "
+                                 f"another --output-dir, or --method {saved_config['method']}.")
         ckpt.check_compatible(path, saved_config, self.model_config, "model configuration",
                               defaults=ckpt.config_defaults(getattr(self.raw, "config", None)))
         current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
@@ -306,7 +313,7 @@ class Pretrainer:
             sync = contextlib.nullcontext() if last or self.model is self.raw else self.model.no_sync()
             with sync:
                 with self.autocast(), known_row_counts(counts):
-                    losses, stats = self.model(batch, stage=self.progress.stage)
+                    losses, stats = self.model(batch, stage=self.progress.stage, epoch=self.progress.epoch)
                     loss = total_loss(losses)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             finite = finite & torch.isfinite(loss.detach())
@@ -426,7 +433,7 @@ class Pretrainer:
         for batch in loader:
             batch = move_to(batch, self.device)
             with self.autocast():
-                losses, _ = self.raw(batch, stage=min(self.progress.stage, 2))
+                losses, _ = self.raw(batch, stage=min(self.progress.stage, 2), epoch=self.progress.epoch)
             n = batch["image"].shape[0]
             for name, value in {**losses, "total": total_loss(losses)}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * n

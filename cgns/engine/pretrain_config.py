@@ -3,6 +3,9 @@
 Sections: `model` (CGNSConfig), `loop` (LoopConfig), `data` and `run` below. Every option(...) field is a flag of
 the same name (`--num-clusters` sets model.num_clusters). A run writes the resolved configuration to
 <output-dir>/config.json; `--config <output-dir>/config.json` runs it again.
+
+`--method` (model.method) picks the objective; with a preset, a peer's run starts from the preset with the peer's
+objective settings and loop fields applied (with_method), and flags given explicitly still win.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from cgns.config import option
+from cgns.engine.methods import PRESETS as METHOD_PRESETS, loop_settings, objective_settings
 from cgns.engine.pretrain import LoopConfig
 from cgns.models.cgns import CGNSConfig
 
@@ -64,11 +68,37 @@ DEMO = PretrainConfig(
 PRESETS = {"demo": DEMO, "paper": PAPER}
 
 
+def with_method(config: PretrainConfig, method: str, preset: str) -> PretrainConfig:
+    """The preset `preset` (a PRESETS name) for `method`: for a peer, its objective settings (their embed_dim as
+    model.embed_dim) and its preset's loop fields (cgns.engine.methods.PRESETS); for cgns, the preset as it is."""
+    if method == "cgns":
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, method="cgns", objective={}))
+    settings = objective_settings(method, preset)
+    model = dataclasses.replace(config.model, method=method, objective=settings, embed_dim=settings["embed_dim"])
+    return dataclasses.replace(config, model=model, loop=loop_settings(config.loop, method, preset))
+
+
+def check_objective(model: CGNSConfig) -> CGNSConfig:
+    """model with its objective settings checked against its method's (embed_dim: model.embed_dim's); a clear error
+    when they are another method's (a config.json of another method given with --method)."""
+    if model.method == "cgns":
+        if model.objective:
+            raise ValueError(f"--method cgns takes no peer objective settings, got {model.objective} (a config.json "
+                             f"of a peer run? start from a preset: --config demo or --config paper)")
+        return model
+    expected = set(METHOD_PRESETS[model.method]["demo"]["objective"])
+    if set(model.objective) != expected:
+        raise ValueError(f"--method {model.method}: the objective settings {sorted(model.objective)} are not "
+                         f"{model.method}'s ({sorted(expected)}); a config.json of another method cannot switch "
+                         f"methods: start from a preset (--config demo or --config paper) with --method {model.method}")
+    return dataclasses.replace(model, objective={**model.objective, "embed_dim": model.embed_dim})
+
+
 def resolve(config: PretrainConfig, preset: str, *, vocab_size: int, pad_token_id: int,
             tokenizer_dir: str) -> PretrainConfig:
     """Fill in what the code derives: the output folder, the tokenizer's vocabulary and padding id, the k-means seed
-    (the run's seed) and the text positions (at least the report length)."""
-    model = dataclasses.replace(config.model, text_vocab_size=vocab_size, pad_token_id=pad_token_id,
+    (the run's seed), the text positions (at least the report length) and a peer's embed_dim in its objective."""
+    model = dataclasses.replace(check_objective(config.model), text_vocab_size=vocab_size, pad_token_id=pad_token_id,
                                 tokenizer_dir=tokenizer_dir, kmeans_seed=config.loop.seed,
                                 text_max_positions=max(512, config.model.max_length))
     loop = dataclasses.replace(config.loop, data_pct=config.data.data_pct)

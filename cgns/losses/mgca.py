@@ -165,9 +165,13 @@ class MGCAObjective(nn.Module):
         return word_side + patch_side
 
     def forward(self, inputs: dict, epoch: int = 0) -> dict:
-        with torch.no_grad():                                        # MGCA re-normalises the prototypes every step
-            self.prototypes.copy_(F.normalize(self.prototypes, dim=1))
-        prototypes = self.prototypes if epoch >= self.freeze_prototype_epochs else self.prototypes.detach()
+        if self.training:                                            # MGCA re-normalises the prototypes every step
+            with torch.no_grad():
+                self.prototypes.copy_(F.normalize(self.prototypes, dim=1))
+            unit = self.prototypes
+        else:                                                        # validation leaves the parameters untouched
+            unit = F.normalize(self.prototypes, dim=1)
+        prototypes = unit if epoch >= self.freeze_prototype_epochs else unit.detach()
         image, report = self.image_embedding(inputs), self.report_embedding(inputs)
         losses = {"global": bidirectional_info_nce(image, report, 1.0 / self.instance_temperature, 1.0, 1.0),
                   "local": self.local_losses(inputs),

@@ -15,16 +15,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgns.config import from_dict, option
-from cgns.engine.checkpoint import load_plain
+from cgns.engine.methods import METHODS
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
 from cgns.losses.grounding import grounding_attention, grounding_loss
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
 from cgns.losses.reconstruction import masked_patch_loss, reconstruction_loss
 from cgns.models.decoders import MaskedPatchDecoder, build_decoder, place_on_grid
-from cgns.models.encoders import (ENCODER_NAMES, AttentionPool, build_image_encoder, load_backbone_weights,
-                                  unwrap_state_dict)
-from cgns.models.text import TextEncoder, sentence_attention_mask
+from cgns.models.encoder_pair import EncoderPair
+from cgns.models.encoders import ENCODER_NAMES, AttentionPool
+from cgns.models.text import sentence_attention_mask
 from cgns.models.vit import kept_patch_count, random_patch_split
 
 
@@ -36,7 +36,15 @@ MIR_MASKINGS = ("features", "input")         # what CM-MIR masks: encoded tokens
 class CGNSConfig:
     """The model's settings. Defaults are METHOD.md's (the `paper` preset); the `demo` preset is another instance
     (cgns/engine/pretrain_config.py). Fields made with option(...) are flags of train_pretrain.py of the same name;
-    the others are filled in by the code (vocabulary, padding id, tokenizer folder, k-means seed)."""
+    the others are filled in by the code (vocabulary, padding id, tokenizer folder, k-means seed).
+
+    `method` picks the objective: 'cgns' (this model) or a peer's (cgns.models.peer.PeerModel: the same encoders,
+    the peer's heads and loss). A peer's settings are `objective` (its preset's, cgns.engine.methods.PRESETS, with
+    embed_dim the one below); the CM-CGNS fields after the encoder settings are then unused."""
+    method: str = option("cgns", "pretraining objective: CM-CGNS or a peer's on the same encoders, data and loop "
+                                 "(docs/METHODS.md); a peer takes its preset's objective and loop settings",
+                         choices=METHODS)
+    objective: dict = dataclasses.field(default_factory=dict)   # a peer's objective settings ({} for cgns)
     # image side
     image_encoder: str = option("vit_base", "image encoder (patch 16 ViTs or ResNet-50)", choices=ENCODER_NAMES)
     image_size: int = option(224, "crop fed to the image encoder (px)")
@@ -105,6 +113,8 @@ class CGNSConfig:
                                "implies --no-cgns)")
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.image_encoder not in ENCODER_NAMES:
             raise ValueError(f"image_encoder must be one of {ENCODER_NAMES}, got {self.image_encoder!r}")
         if not self.local:
@@ -208,7 +218,7 @@ class SigmoidCrossAttention(nn.Module):
                 "text_to_patch_factors": (patch_attention, value)}                          # for simsiam_loss
 
 
-class CGNSModel(nn.Module):
+class CGNSModel(EncoderPair):
     """forward(batch, stage) -> (losses: name -> scalar, stats: name -> detached tensor).
 
     batch: image [B,3,S,S] in [-1,1], input_ids / attention_mask / sentence_index long[B,T] (optional 'index').
@@ -218,17 +228,8 @@ class CGNSModel(nn.Module):
     """
 
     def __init__(self, config: CGNSConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)                  # image_encoder, then text_encoder (cgns.models.encoder_pair)
         dim = config.embed_dim
-        self.image_encoder = build_image_encoder(config.image_encoder, config.image_size)
-        if config.image_weights:
-            loaded = load_plain(config.image_weights, "image weights")   # weights_only=True, refusals name the file
-            load_backbone_weights(self.image_encoder, unwrap_state_dict(loaded, config.image_weights),
-                                  config.image_weights)
-        self.text_encoder = TextEncoder(config.text_encoder, config.text_vocab_size, config.text_hidden_size,
-                                        config.text_layers, config.text_heads, config.text_max_positions,
-                                        config.pad_token_id)
         self.global_image_projection = nn.Linear(self.image_encoder.global_dim, dim)
         self.local_image_projection = nn.Linear(self.image_encoder.local_dim, dim)
         self.local_text_projection = nn.Linear(self.text_encoder.hidden_size, dim)
@@ -358,19 +359,8 @@ class CGNSModel(nn.Module):
                 "kept": kept.view(batch_size, height, width)}
 
     # ---- training objective ---------------------------------------------------------------------------------
-    def patch_split(self, batch):
-        """In training with --mask-ratio R > 0: (keep_index long[B,M], masked_index long[B,L-M]) of a random split
-        per image, from the global RNG (seeded per rank and checkpointed, so resume is exact) or from
-        batch['patch_noise'] float[B,L] when given (tests feed the same noise to differently sharded runs).
-        Otherwise None: whole images."""
-        if not (self.training and self.config.mask_ratio > 0):
-            return None
-        images = batch["image"]
-        num_patches = self.image_encoder.grid[0] * self.image_encoder.grid[1]
-        keep = kept_patch_count(num_patches, self.config.mask_ratio)
-        return random_patch_split(images.shape[0], num_patches, keep, images.device, batch.get("patch_noise"))
-
-    def forward(self, batch, stage: int = 1):
+    def forward(self, batch, stage: int = 1, epoch: int = 0):
+        """epoch: the loop passes it (a peer objective may depend on it); CM-CGNS does not."""
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         config = self.config

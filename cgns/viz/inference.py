@@ -18,7 +18,11 @@ class ValidationOutputs:
 
 
 def default_attention_kind(model) -> str:
-    """The attention a run trained to ground: the grounding term's when it was on, else the cross-attention."""
+    """The attention a run trained to ground: the grounding term's when it was on, else the cross-attention; a peer
+    objective's word-region attention for a peer's model (cgns.models.peer)."""
+    if getattr(model.config, "method", "cgns") != "cgns":
+        from cgns.models.peer import LOCAL_KIND
+        return LOCAL_KIND
     return "grounding" if getattr(model.config, "grounding_weight", 0.0) > 0 else "cross"
 
 

@@ -31,13 +31,14 @@ def pick_checkpoint(run_dir: Path) -> Path:
 
 
 def model_from_checkpoint(state: dict, path: Path, device: str = "cpu") -> torch.nn.Module:
-    from cgns.models.cgns import CGNSConfig, CGNSModel
+    from cgns.models.cgns import CGNSConfig
+    from cgns.models.peer import build_model
 
     if "config" not in state:
         raise ValueError(f"{path}: no 'config' in the checkpoint (not written by train_pretrain.py)")
     # backbone weights come with the state dict; the original weight file may no longer exist
     config = CGNSConfig.from_dict({**state["config"], "image_weights": None})
-    model = CGNSModel(config)
+    model = build_model(config, state.get("tokenizer_dir"))     # CGNSModel, or a peer's (its word-piece table)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
