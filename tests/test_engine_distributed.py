@@ -155,13 +155,17 @@ def _masked_cgns_run(info, out_dir, shards: int, shard: int):
     return {"grads": grads, "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
 
 
-def _worker(rank, port, out_dir):
-    # torchrun's own set-up: the launcher hosts the rendezvous store and every rank joins it as a client
-    # (TORCHELASTIC_USE_AGENT_STORE), so init_distributed's env:// path runs exactly as under torchrun.
+def join_as_rank(rank: int, port: int) -> DistInfo:
+    """In a spawned worker: torchrun's own set-up. The launcher hosts the rendezvous store and every rank joins it
+    as a client (TORCHELASTIC_USE_AGENT_STORE), so init_distributed's env:// path runs exactly as under torchrun."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
-    info = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def _worker(rank, port, out_dir):
+    info = join_as_rank(rank, port)
     try:
         result = _run(info, os.path.join(out_dir, "ddp"), shards=2, shard=rank)
         result["nan"] = _nan_on_one_rank(info, os.path.join(out_dir, "nan"))

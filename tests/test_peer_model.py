@@ -7,11 +7,11 @@ import torch
 import torch.multiprocessing as mp
 
 from cgns.data.datasets import collate_pretrain
-from cgns.distributed import DistInfo, cleanup_distributed, init_distributed
+from cgns.distributed import DistInfo, cleanup_distributed
 from cgns.engine.methods import objective_settings
 from cgns.engine.pretrain import LoopConfig, Pretrainer
 from cgns.models.peer import PeerModel
-from test_engine_distributed import _rendezvous_store, train_sharded
+from test_engine_distributed import _rendezvous_store, join_as_rank, train_sharded
 from test_models_cgns import VOCAB, tiny_batch, tiny_config
 
 PEERS = ("convirt", "gloria", "mgca")
@@ -48,10 +48,7 @@ def _peer_run(method, info, out_dir, shards: int, shard: int):
 
 
 def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
-    torch.set_num_threads(1)
-    info = init_distributed("cpu")
+    info = join_as_rank(rank, port)
     try:
         result = {m: _peer_run(m, info, os.path.join(out_dir, m), shards=2, shard=rank) for m in PEERS}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 from cgns.benchmark.plan import Job
@@ -154,18 +153,13 @@ def csv_text(comparison: dict) -> str:
 
 def plot(comparison: dict, path: Path, title: str) -> Path:
     """One panel per column: grouped bars (one per method) for each value, with the standard deviation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cgns.viz.plots import panel_figure, save_panels
 
     headers = list(dict.fromkeys(r["header"] for r in comparison["rows"]))
     methods = comparison["methods"]
-    per_line = 4
-    lines = max(1, math.ceil(len(headers) / per_line))
-    figure, axes = plt.subplots(lines, per_line, figsize=(3.6 * per_line, 2.8 * lines), squeeze=False)
+    figure, axes = panel_figure(len(headers), columns=4, width=3.6, height=2.8)
     width = 0.8 / max(1, len(methods))
-    for ax, header in zip(axes.flat, headers):
+    for ax, header in zip(axes, headers):
         rows = [r for r in comparison["rows"] if r["header"] == header]
         for i, method in enumerate(methods):
             scale = _scale(rows[0])[0]
@@ -175,16 +169,9 @@ def plot(comparison: dict, path: Path, title: str) -> Path:
             ax.bar(positions, means, width, yerr=errors, capsize=2, label=method, color=f"C{i}")
         ax.set_xticks(range(len(rows)), [r["label"] for r in rows], fontsize=7)
         ax.set_title(header, fontsize=8)
-    for ax in list(axes.flat)[len(headers):]:
-        ax.axis("off")
     if headers:
-        axes.flat[0].legend(fontsize=6)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+        axes[0].legend(fontsize=6)
+    return save_panels(figure, axes, len(headers), path, title)
 
 
 def write_comparison(output_dir: Path, comparison: dict, title: str, with_plot: bool = True) -> dict:

@@ -178,29 +178,17 @@ def csv_text(rows: list[dict], method: str) -> str:
 
 def plot(rows: list[dict], path: Path, method: str) -> Path:
     """One panel per column: a bar per value with its standard deviation."""
-    import matplotlib
+    from cgns.viz.plots import panel_figure, save_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = 4
-    lines = max(1, math.ceil(len(rows) / columns))
-    figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False)
-    for ax, r in zip(axes.flat, rows):
+    figure, axes = panel_figure(len(rows), columns=4, width=3.2, height=2.6)
+    for ax, r in zip(axes, rows):
         scale = 100 if r["percent"] else 1
         means = [scale * (v["mean"] or 0.0) for v in r["values"]]
         errors = [scale * (v["std"] or 0.0) for v in r["values"]]
         ax.bar(range(len(means)), means, yerr=errors, color="tab:blue", capsize=3)
         ax.set_xticks(range(len(means)), [v["label"] for v in r["values"]], fontsize=7)
         ax.set_title(r["header"], fontsize=8)
-    for ax in list(axes.flat)[len(rows):]:
-        ax.axis("off")
-    figure.suptitle(method, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_panels(figure, axes, len(rows), path, method)
 
 
 def write_table(output_dir: Path, rows: list[dict], method: str) -> dict:

@@ -37,6 +37,22 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def panel_figure(count: int, columns: int = 4, width: float = 3.4, height: float = 2.7) -> tuple[Figure, list]:
+    """A figure of `count` panels in rows of `columns` (all rows full: the spare panels are switched off by
+    save_panels) -> (figure, axes in reading order). No pyplot: no global figure state, no backend switch."""
+    lines = max(1, math.ceil(count / columns))
+    figure = _figure(lines, columns, width, height)
+    return figure, [figure.add_subplot(lines, columns, i + 1) for i in range(lines * columns)]
+
+
+def save_panels(figure: Figure, axes: list, used: int, path: Path, title: str) -> Path:
+    """Switch off the panels after the first `used`, title the figure, write the PNG -> path."""
+    for ax in axes[used:]:
+        ax.axis("off")
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, Path(path))
+
+
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average (same length), so noisy per-step losses show their trend."""
     if window <= 1 or len(values) < 3:
