@@ -71,6 +71,7 @@ def local_losses():
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _host_groups.clear()
 
 
 def barrier() -> None:
@@ -96,20 +97,86 @@ def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor, dist.ReduceOp.MIN)
 
 
-def gather_rows(rows: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int]:
+_known_counts: list = [None]   # every rank's row counts of the batch being stepped (known_row_counts)
+_host_groups: list = []        # the CPU (gloo) group that exchange_row_counts uses beside an nccl default group
+
+
+def _host_group():
+    """The group for collectives on host tensors: the default one under gloo, else one gloo group made the first
+    time (by every rank at the same call, as new_group requires)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _host_groups:
+        _host_groups.append(dist.new_group(backend="gloo"))
+    return _host_groups[0]
+
+
+def exchange_row_counts(counts: dict | None) -> dict | None:
+    """Every rank's row counts of its batch, by kind: {kind: int} (this rank's, from the collate function, e.g.
+    {'reports': B, 'sentences': n}) -> {kind: [count on rank 0, rank 1, ...]}; None -> None.
+
+    Host integers all-gathered over a CPU (gloo) group, before the step's device work: no rank waits on its
+    device. gather_rows inside known_row_counts(...) then needs no size exchange of its own."""
+    if counts is None:
+        return None
+    if not is_distributed():
+        return {kind: [int(n)] for kind, n in counts.items()}
+    kinds = sorted(counts)
+    local = torch.tensor([int(counts[kind]) for kind in kinds], dtype=torch.long)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local, group=_host_group())
+    table = torch.stack(parts).tolist()                       # host tensors: nothing waits on a device
+    return {kind: [row[i] for row in table] for i, kind in enumerate(kinds)}
+
+
+@contextmanager
+def known_row_counts(counts: dict | None):
+    """Inside this block gather_rows(rows, kind=K) takes every rank's row count from counts[K] (what
+    exchange_row_counts returned for the batch); None, or a kind it lacks, leaves gather_rows to exchange them."""
+    previous, _known_counts[0] = _known_counts[0], counts
+    try:
+        yield
+    finally:
+        _known_counts[0] = previous
+
+
+def _row_sizes(rows: torch.Tensor, kind: str | None) -> list[int]:
+    """Every rank's number of rows: from known_row_counts when it has `kind`, else all-gathered on the device and
+    read back (a shape for the padding and the cut, so a host synchronisation on a GPU)."""
+    known = _known_counts[0]
+    if kind is not None and known is not None and kind in known:
+        sizes = known[kind]
+        if len(sizes) != dist.get_world_size() or sizes[dist.get_rank()] != rows.shape[0]:
+            raise ValueError(f"gather_rows: {rows.shape[0]} rows of kind {kind!r} on rank {dist.get_rank()}, but the "
+                             f"batch's row counts say {sizes}")
+        return list(sizes)
+    return _exchanged_row_sizes(rows)
+
+
+def _exchanged_row_sizes(rows: torch.Tensor) -> list[int]:
+    """Every rank's rows.shape[0], all-gathered on rows' device and read back: a host synchronisation."""
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    return [int(c) for c in counts]
+
+
+def gather_rows(rows: torch.Tensor, with_grad: bool = True, kind: str | None = None) -> tuple[torch.Tensor, int]:
     """Every rank's rows, in rank order, and where this rank's rows start: rows [n,...] -> ([N,...], offset).
 
     Ranks may hold different n (sentences per batch vary): rows are padded to the largest n for the collective and
-    the padding is cut off again. with_grad uses torch.distributed.nn.all_gather, whose backward returns to each rank
-    the gradient that every rank's loss sends to its rows.
+    the padding is cut off again. That needs every rank's n on the host. kind ('reports', 'sentences': what the rows
+    are) takes them from the batch's row counts (known_row_counts; the training step sets them from the collate
+    function's counts, exchanged over a CPU group before the step); without them they are all-gathered on the
+    device and read back, a host synchronisation (validation, evaluation, a loss called outside the step). A fixed
+    maximum with padding kept to the end would avoid the exchange but multiply the gathered rows and the scores
+    computed on them (every report's tokens could be a sentence). with_grad uses torch.distributed.nn.all_gather,
+    whose backward returns to each rank the gradient that every rank's loss sends to its rows.
     """
     if not is_distributed():
         return rows, 0
     world, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([rows.shape[0]], device=rows.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]                          # a shape, so a host sync is unavoidable
+    sizes = _row_sizes(rows, kind)
     longest = max(sizes)
     padded = torch.cat([rows, rows.new_zeros(longest - rows.shape[0], *rows.shape[1:])]) if longest > rows.shape[0] \
         else rows

@@ -127,18 +127,31 @@ def train_sharded(model, info, out_dir, shards: int, shard: int, *, stage: int =
 
 
 def _masked_cgns_run(info, out_dir, shards: int, shard: int):
-    """The real model with input masking and MAE-style CM-MIR (stage 2, k-means on from the first step), 2 steps
-    on fixed global batches of 8 with the same patch noise per pair however the batch is split; this shard's pairs
-    go through the pretraining collate. Returns the gradients of each step and the final parameters."""
+    """The real model with input masking, MAE-style CM-MIR and the grounding term (stage 2, k-means on from the
+    first step), 2 steps on fixed global batches of 8 with the same patch noise per pair however the batch is split;
+    this shard's pairs go through the pretraining collate. Returns the gradients of each step and the final
+    parameters. Every gather of its steps takes the ranks' row counts from the collate's, exchanged over the CPU
+    group: none is all-gathered on the device and read back (the ranks hold 11 and 12 sentences)."""
+    import cgns.distributed as distributed
     from cgns.models.cgns import CGNSModel
     from test_models_cgns import tiny_config
 
     torch.manual_seed(0)
-    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", kmeans_start_cosine=1.0))
+    model = CGNSModel(tiny_config(mask_ratio=0.5, mir_masking="input", kmeans_start_cosine=1.0,
+                                  grounding_weight=1.0))
     for module in model.modules():                     # no dropout: the ranks' RNG streams differ
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    trainer, grads = train_sharded(model, info, out_dir, shards, shard, stage=2, noise=True)
+    real_exchange = distributed._exchanged_row_sizes
+
+    def read_back(rows):
+        raise AssertionError(f"a gather of {tuple(rows.shape)} read its ranks' row counts back from the device")
+
+    distributed._exchanged_row_sizes = read_back
+    try:
+        trainer, grads = train_sharded(model, info, out_dir, shards, shard, stage=2, noise=True)
+    finally:
+        distributed._exchanged_row_sizes = real_exchange
     return {"grads": grads, "params": {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}}
 
 

@@ -143,3 +143,28 @@ def test_the_benchmarks_direct_form_is_the_same_function():
     (grad_ours,) = torch.autograd.grad(ours.square().sum(), raw)
     (grad_direct,) = torch.autograd.grad(direct.square().sum(), raw)
     torch.testing.assert_close(grad_ours, grad_direct)
+
+
+def test_the_collates_sentence_rows_give_the_masks_loss_and_gradients_exactly():
+    """The step passes the collate's sentence_rows (no host read); the loss and its gradients are bit-identical to
+    the boolean-mask form (sentences[mask], owner = mask.nonzero()[:, 0]), gaps between sentences included."""
+    from cgns.data.datasets import sentence_layout
+    from cgns.losses.grounding import report_image_matching_loss
+    sentences, mask, patches = _inputs(batch=5, sentences=4, patches=6, dim=7, seed=2)
+    mask[0, -1], mask[1, 1] = True, False                                             # S is used; a gap
+    sentence_index = torch.zeros(5, 12, dtype=torch.long)
+    for b, s in mask.nonzero().tolist():
+        sentence_index[b, 1 + 2 * s:3 + 2 * s] = s + 1                                # two tokens per sentence
+    rows = sentence_layout(sentence_index, torch.ones_like(sentence_index))["sentence_rows"]
+    results = []
+    for form in ("rows", "mask"):
+        s, p = sentences.clone().requires_grad_(True), patches.clone().requires_grad_(True)
+        if form == "rows":
+            loss = grounding_loss(s, mask, p, 2.0, 3.0, 4.0, sentence_rows=rows)["grounding"]
+        else:
+            loss = report_image_matching_loss(F.normalize(s[mask], dim=-1), mask.nonzero()[:, 0], p, 2.0, 3.0, 4.0)
+        loss.backward()
+        results.append((loss.detach(), s.grad, p.grad))
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+    assert results[0][1].abs().sum() > 0

@@ -27,8 +27,12 @@ def test_main_learns_and_writes_the_run_directory(test_world, tmp_path):
     train = records(tmp_path, "train")
     assert [r["step"] for r in train] == list(range(1, 25))
     stage1 = [r["loss/total"] for r in train if r["stage"] == 1]
-    # learning, not just running: the stage-1 training loss falls by a clear margin
-    assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 0.3, stage1
+    # the stage-1 training loss falls (mean of the last 5 steps against the first 5). Measured drop over seeds
+    # 42 / 0 / 1 / 2 / 3 with OMP_NUM_THREADS=1: 0.458 / 0.227 / 0.337 / 0.433 / 0.397, and =2: 0.458 / 0.243 / 0.337
+    # / 0.433 / 0.397; the threshold is under half the minimum (0.227). What falls: the early spikes of the global
+    # and grounding terms settle at chance (ln 8 for 8 pairs) and the SimSiam term goes from 0 to -0.05..-0.07; this
+    # tiny run does not learn the cross-modal alignment, so this checks that the optimiser works, not retrieval.
+    assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 0.1, stage1
     assert {"loss/global", "loss/local_image", "loss/local_text", "cgns/hard_negative_sim",
             "loss/grounding"} <= train[0].keys()                                      # the demo preset's added term
     assert "loss/reconstruction" in train[-1] and "loss/reconstruction" not in train[0]  # stage 2 adds CM-MIR

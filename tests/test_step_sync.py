@@ -11,6 +11,7 @@ import torch
 from cgns.data.datasets import collate_pretrain
 from cgns.distributed import DistInfo
 from cgns.engine.pretrain import LoopConfig, Pretrainer, guarded_step
+from cgns.engine.pretrain_config import DEMO
 from cgns.models.cgns import CGNSModel
 from test_masking import TinyPairs
 from test_models_cgns import tiny_config
@@ -87,8 +88,20 @@ def counted_run(trainer, counter):
     trainer.fit()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"mask_ratio": 0.0, "mir_masking": "features"}],
-                         ids=["masked-input-mir", "method"])
+# the demo preset's terms and weights (grounding on) on the tiny model; its sizes stay the tiny ones
+DEMO_TERMS = ("mask_ratio", "mir_masking", "mir_target_norm", "local_image_weight", "local_text_weight",
+              "kmeans_reseed_share", "grounding_weight", "grounding_temperature", "grounding_sentence_temperature",
+              "grounding_logit_scale", "cgns", "mir", "local")
+
+
+def demo_terms() -> dict:
+    terms = {name: getattr(DEMO.model, name) for name in DEMO_TERMS}
+    assert terms["grounding_weight"] > 0                               # what this case is for
+    return terms
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mask_ratio": 0.0, "mir_masking": "features"}, demo_terms()],
+                         ids=["masked-input-mir", "method", "demo-terms"])
 def test_no_host_reads_inside_non_logging_steps(tmp_path, monkeypatch, overrides):
     trainer = sync_free_trainer("cpu", tmp_path, steps=6, **overrides)  # 4 stage-1 steps (k-means starts), 2 stage-2
     counter = SyncCounter(monkeypatch, trainer)

@@ -193,8 +193,10 @@ def collate_pretrain(items: list[dict]) -> dict:
 
 def sentence_layout(sentence_index: torch.Tensor, input_ids: torch.Tensor, index=None) -> dict:
     """CPU tensors sentence_index / input_ids long[B,T] -> {num_sentences: int (the largest sentence number S),
-    sentence_rows: long[N] (b*S + s of every sentence that has tokens, row-major), max_token_id: int}. Reports
-    without any sentence are refused, naming their dataset indices (index long[B]) when given."""
+    sentence_rows: long[N] (b*S + s of every sentence that has tokens, row-major), max_token_id: int,
+    row_counts: {'reports': B, 'sentences': N} (what the losses gather across ranks; cgns.distributed
+    exchange_row_counts)}. Reports without any sentence are refused, naming their dataset indices (index long[B])
+    when given."""
     num_sentences = int(sentence_index.max()) if sentence_index.numel() else 0
     present = torch.zeros(sentence_index.shape[0], num_sentences + 1, dtype=torch.bool)
     present.scatter_(1, sentence_index, True)
@@ -205,8 +207,10 @@ def sentence_layout(sentence_index: torch.Tensor, input_ids: torch.Tensor, index
         raise ValueError(f"report(s) without any sentence in this batch (sentence_index all 0) at "
                          f"{'dataset index' if index is not None else 'batch position'} {names}; such studies "
                          f"must be filtered out before training")
-    return {"num_sentences": num_sentences, "sentence_rows": present.flatten().nonzero()[:, 0],
-            "max_token_id": int(input_ids.max()) if input_ids.numel() else 0}
+    rows = present.flatten().nonzero()[:, 0]
+    return {"num_sentences": num_sentences, "sentence_rows": rows,
+            "max_token_id": int(input_ids.max()) if input_ids.numel() else 0,
+            "row_counts": {"reports": int(sentence_index.shape[0]), "sentences": int(rows.shape[0])}}
 
 
 def _collate_detection(items: list[dict]) -> dict:

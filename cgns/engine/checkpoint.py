@@ -9,6 +9,7 @@ loading never runs code, and a file that would (a pickle carrying a callable) is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -88,14 +89,39 @@ def find_resume(output_dir: str | os.PathLike | None) -> Path | None:
     return latest if latest.is_file() else None
 
 
-def config_mismatches(saved: dict, current: dict, keys=None) -> list[str]:
-    """Names and values of the fields that differ, as 'field: checkpoint=X, now=Y' strings."""
+def config_defaults(config) -> dict:
+    """The defaults of a config dataclass (an instance or the class): {field: default} for every field that has one
+    (default or default_factory). A field absent from a checkpoint's saved config was added after it was written,
+    so that run had the field's default behaviour; config_mismatches compares it as that default."""
+    if config is None or not dataclasses.is_dataclass(config):
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def config_mismatches(saved: dict, current: dict, keys=None, defaults: dict | None = None) -> list[str]:
+    """Names and values of the fields that differ, as 'field: checkpoint=X, now=Y' strings.
+
+    defaults ({field: value}, config_defaults): a field absent from `saved` but named there compares as its default
+    (the checkpoint predates the field, so it was trained with the default); it is named only when `current` sets
+    it to something else. A field absent from `saved` without a default is always named."""
     names = sorted(set(saved) | set(current)) if keys is None else list(keys)
+    defaults = defaults or {}
     missing = object()
     out = []
     for name in names:
         a, b = saved.get(name, missing), current.get(name, missing)
         if a is missing and b is missing:
+            continue
+        if a is missing and name in defaults:
+            if _normalise(defaults[name]) != _normalise(b):
+                out.append(f"{name}: checkpoint=<absent: written before the field existed, so trained with its "
+                           f"default {defaults[name]!r}>, now={b!r}")
             continue
         if _normalise(a) != _normalise(b):
             show = lambda v: "<absent>" if v is missing else repr(v)  # noqa: E731
@@ -112,9 +138,10 @@ def _normalise(value):
     return value
 
 
-def check_compatible(path, saved: dict, current: dict, what: str, keys=None) -> None:
-    """Refuse a checkpoint whose `what` (e.g. 'model config') differs, naming every mismatched field."""
-    problems = config_mismatches(saved, current, keys)
+def check_compatible(path, saved: dict, current: dict, what: str, keys=None, defaults: dict | None = None) -> None:
+    """Refuse a checkpoint whose `what` (e.g. 'model config') differs, naming every mismatched field; fields the
+    checkpoint predates count as their `defaults` (see config_mismatches)."""
+    problems = config_mismatches(saved, current, keys, defaults)
     if problems:
         raise ValueError(f"checkpoint {path} was written with a different {what}; refusing to load it. "
                          f"Mismatched: " + "; ".join(problems)

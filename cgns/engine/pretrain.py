@@ -23,6 +23,7 @@ from cgns.config import option
 from cgns.engine import checkpoint as ckpt
 from cgns.distributed import (DistInfo, ResumableSampler, all_reduce_min, all_reduce_sum, barrier,
                                      is_distributed, rng_state, set_rng_state)
+from cgns.distributed import exchange_row_counts, known_row_counts
 from cgns.engine.logging import RunLogger, Throughput
 from cgns.engine.schedule import lr_at, set_lr
 from cgns.eval.retrieval import chance_recall, evaluate_retrieval
@@ -189,11 +190,13 @@ class Pretrainer:
                 raise ValueError(f"checkpoint {path} was written by a --method {saved_config['method']} run; this "
                                  f"run is --method {self.model_config['method']}: refusing to resume it. Use "
                                  f"another --output-dir, or --method {saved_config['method']}.")
-        ckpt.check_compatible(path, saved_config, self.model_config, "model configuration")
+        ckpt.check_compatible(path, saved_config, self.model_config, "model configuration",
+                              defaults=ckpt.config_defaults(getattr(self.raw, "config", None)))
         current = {k: v for k, v in {**asdict(self.cfg), "world_size": self.info.world_size}.items()
                    if k in RESUME_KEYS}
         saved = {**state.get("loop", {}), "world_size": state.get("world_size")}
-        ckpt.check_compatible(path, saved, current, "run configuration", keys=RESUME_KEYS)
+        ckpt.check_compatible(path, saved, current, "run configuration", keys=RESUME_KEYS,
+                              defaults=ckpt.config_defaults(self.cfg))
         self.raw.load_state_dict(state["model"], strict=True)
         self.progress = Progress(**state["progress"])
         self.optimizer = self._new_optimizer()
@@ -304,11 +307,12 @@ class Pretrainer:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         step_sums, step_stats = {}, None
         for i, batch in enumerate(micro_batches):
+            counts = exchange_row_counts(batch.get("row_counts"))  # host integers over a CPU group: no device read
             batch = move_to(batch, self.device)
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.model is self.raw else self.model.no_sync()
             with sync:
-                with self.autocast():
+                with self.autocast(), known_row_counts(counts):
                     losses, stats = self.model(batch, stage=self.progress.stage, epoch=self.progress.epoch)
                     loss = total_loss(losses)
                 self.scaler.scale(loss / len(micro_batches)).backward()

@@ -193,7 +193,7 @@ class ClusterNegativeSampler(nn.Module):
 
         # False negatives: pairs whose z1 share the nearest centroid, the anchor's own pair excluded.
         cluster = assignment[:, 0]
-        cluster_all, _ = gather_rows(cluster, with_grad=False)                               # [N]
+        cluster_all, _ = gather_rows(cluster, with_grad=False, kind="sentences")              # [N]
         own = torch.arange(logits.shape[1], device=device)[None, :] == labels[:, None]        # [n,N]
         same_cluster = (cluster[:, None] == cluster_all[None, :]) & ~own                     # [n,N]
         delta = logits - logits.gather(1, labels[:, None])                                   # cos(i,j) - cos(i,i)

@@ -24,8 +24,8 @@ def bidirectional_info_nce(image: torch.Tensor, report: torch.Tensor, logit_scal
     This rank's rows against every rank's columns (gathered with gradient), labels offset by the rank's position;
     the value is this rank's share of the global mean (cgns.distributed.global_mean). Returns a [] tensor.
     """
-    image_all, offset = gather_rows(image)                                  # [N,D]
-    report_all, _ = gather_rows(report)                                     # [N,D]
+    image_all, offset = gather_rows(image, kind="reports")                                  # [N,D]
+    report_all, _ = gather_rows(report, kind="reports")                                     # [N,D]
     labels = offset + torch.arange(image.shape[0], device=image.device)
     image_to_report = logit_scale * image @ report_all.T                    # [B,N]
     report_to_image = logit_scale * report @ image_all.T                    # [B,N]

@@ -78,20 +78,23 @@ def report_image_scores(sentences: torch.Tensor, owner: torch.Tensor, num_report
 
 def report_image_matching_loss(queries: torch.Tensor, owner: torch.Tensor, patches: torch.Tensor,
                                attention_temperature: float, sentence_temperature: float, logit_scale: float,
-                               attention: str = "cosine", query_norms: torch.Tensor | None = None) -> torch.Tensor:
+                               attention: str = "cosine", query_norms: torch.Tensor | None = None,
+                               query_kind: str | None = None) -> torch.Tensor:
     """The symmetric cross-entropy over logit_scale x report_image_scores, across ranks; a [] tensor.
 
     queries [n,D] with owner long[n] (0..B-1, this rank's reports), patches [B,L,D], query_norms [n] or None (see
     report_image_scores). This rank's reports against every rank's images and every rank's reports against this
     rank's images (both gathered with gradient), cross-entropy on the matching pairs, the two directions averaged,
-    as this rank's share of the mean over the global batch.
+    as this rank's share of the mean over the global batch. query_kind: what the queries are for
+    cgns.distributed.gather_rows ('sentences': their counts on every rank are known in the training step; None:
+    exchanged).
     """
     batch, num_patches, dim = patches.shape
-    patches_all, image_offset = gather_rows(patches.flatten(1))                             # [N,L*D]
+    patches_all, image_offset = gather_rows(patches.flatten(1), kind="reports")             # [N,L*D]
     patches_all = patches_all.view(-1, num_patches, dim)                                    # [N,L,D]
-    queries_all, _ = gather_rows(queries)                                                   # [n_all,D]
-    norms_all = None if query_norms is None else gather_rows(query_norms)[0]                # [n_all]
-    owner_all, _ = gather_rows(owner + image_offset, with_grad=False)                       # [n_all] global report
+    queries_all, _ = gather_rows(queries, kind=query_kind)                                  # [n_all,D]
+    norms_all = None if query_norms is None else gather_rows(query_norms, kind=query_kind)[0]   # [n_all]
+    owner_all, _ = gather_rows(owner + image_offset, with_grad=False, kind=query_kind)      # [n_all] global report
     labels = image_offset + torch.arange(batch, device=patches.device)                      # [B]
     report_to_image = logit_scale * report_image_scores(queries, owner, batch, patches_all, attention_temperature,
                                                         sentence_temperature, attention, query_norms)   # [B,N]
@@ -105,13 +108,18 @@ def report_image_matching_loss(queries: torch.Tensor, owner: torch.Tensor, patch
 
 def grounding_loss(sentences: torch.Tensor, sentence_mask: torch.Tensor, patches: torch.Tensor,
                    attention_temperature: float = 4.0, sentence_temperature: float = 5.0,
-                   logit_scale: float = 10.0) -> dict:
+                   logit_scale: float = 10.0, sentence_rows: torch.Tensor | None = None) -> dict:
     """sentences [B,S,D] (any norm), sentence_mask bool[B,S] (every report has one), patches [B,L,D] unit norm.
 
-    report_image_matching_loss with the 'cosine' attention on the unit sentences. Returns {'grounding': loss}.
+    report_image_matching_loss with the 'cosine' attention on the unit sentences. sentence_rows long[n] (b*S + s of
+    each real sentence, row-major: the pretraining collate's, cgns.data.datasets.sentence_layout) picks the real
+    sentences and their reports without reading the device; None finds them from sentence_mask (boolean indexing
+    and nonzero: a host synchronisation on a GPU). Returns {'grounding': loss}.
     """
     dtype = torch.promote_types(torch.promote_types(sentences.dtype, patches.dtype), torch.float32)  # as autocast
-    z = F.normalize(sentences[sentence_mask].to(dtype), dim=-1)                             # [n,D]
-    owner = sentence_mask.nonzero()[:, 0]                                                   # [n] in 0..B-1
+    if sentence_rows is None:
+        sentence_rows = sentence_mask.flatten().nonzero()[:, 0]                             # [n] host read
+    z = F.normalize(sentences.flatten(0, 1).index_select(0, sentence_rows).to(dtype), dim=-1)   # [n,D]
+    owner = torch.div(sentence_rows, sentences.shape[1], rounding_mode="floor")            # [n] in 0..B-1
     return {"grounding": report_image_matching_loss(z, owner, patches.to(dtype), attention_temperature,
-                                                    sentence_temperature, logit_scale)}
+                                                    sentence_temperature, logit_scale, query_kind="sentences")}

@@ -88,7 +88,7 @@ def sentence_logits(sentences: torch.Tensor, image_to_sentence: torch.Tensor, te
     labels long[n] (the column of each row's own z2)).
     """
     z1 = F.normalize(sentences, dim=-1)
-    z2_all, offset = gather_rows(F.normalize(image_to_sentence, dim=-1))   # [N,D]
+    z2_all, offset = gather_rows(F.normalize(image_to_sentence, dim=-1), kind="sentences")   # [N,D]
     logits = z1 @ z2_all.T                                                 # [n,N]
     if temperature != 1.0:                                                 # 1.0 is the default: skip a copy
         logits = logits / temperature

@@ -380,7 +380,7 @@ class CGNSModel(EncoderPair):
         if config.grounding_weight > 0:
             grounding = grounding_loss(self.grounding_sentences(batch), sentence_mask, patches,
                                        config.grounding_temperature, config.grounding_sentence_temperature,
-                                       config.grounding_logit_scale)
+                                       config.grounding_logit_scale, batch.get("sentence_rows"))
             losses["grounding"] = config.grounding_weight * grounding["grounding"]
         if reconstruct:
             losses.update(self.reconstruction(images, patches, sentences, sentence_mask, attention, split))
