@@ -93,3 +93,15 @@ def test_all_with_random_init_runs_the_text_tasks_once_per_seed(checkpoint, test
     assert rsna["n_seeds"] == 2 and rsna["mean"] == pytest.approx((seeds[0]["test"]["auroc"] +
                                                                     seeds[1]["test"]["auroc"]) / 2)
     assert rsna["std"] is not None
+
+
+def test_all_trains_the_fractions_asked_for_and_refuses_to_mix_them(checkpoint, test_world, tmp_path):
+    argv = ["all", "--checkpoint", checkpoint, "--tasks", "linear", "--seeds", "0", "--data-dir", test_world,
+            "--output-dir", tmp_path, "--no-progress", "--epochs", "1"]
+    result = run(*argv, "--data-pct", "0.5", "1")
+    cell = json.loads((tmp_path / "linear_chexpert" / "seed0" / "metrics.json").read_text())
+    assert {"0.5", "1"} <= set(cell) and "0.01" not in cell
+    chexpert = next(r for r in result["rows"] if r["header"] == "CheXpert AUC")
+    assert [v["label"] for v in chexpert["values"]] == ["50%", "100%"]
+    with pytest.raises(SystemExit, match="finished with fractions 0.5, 1, but --data-pct asks for 1"):
+        run(*argv, "--data-pct", "1")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder holding one sub-folder per data set (mimic_cxr, chexpert, rsna, covidx, siim, "
                             "object_cxr); default: the demo world")
     table.add_argument("--epochs", type=int, default=None, help="override the presets' head epochs")
+    table.add_argument("--data-pct", type=float, nargs="+", default=None, metavar="P",
+                       help="training fractions of the downstream tasks, e.g. 0.01 0.1 1 (default: the preset's; "
+                            "the paper preset's are 1%% / 10%% / 100%%, the demo preset's 100%% only)")
     table.add_argument("--no-progress", action="store_true")
     _prompt_flags(table)
     return parser
@@ -164,6 +168,8 @@ def _downstream(cell, args, fractions_out: list):
         values["data_root"] = str(Path(args.data_dir) / cell.dataset)
     if args.epochs:
         values["epochs"] = args.epochs
+    if args.data_pct:
+        values["data_pct"] = tuple(args.data_pct)
     if args.image_weights:
         values.update(image_weights=args.image_weights, image_encoder=args.image_encoder or "resnet50")
     elif args.random_init:
@@ -178,6 +184,19 @@ def _downstream(cell, args, fractions_out: list):
     config = configure(preset[args.preset], **values)
     fractions_out[:] = [f"{p:g}" for p in config.run.data_pct]
     return run_downstream(task, config, log=lambda *a: None)
+
+
+def check_fractions(cells, data_pct) -> None:
+    """Refuse to keep a finished downstream cell that was trained on other fractions than --data-pct asks for (the
+    table would mix them), naming the cell and both sets."""
+    wanted = sorted(f"{p:g}" for p in data_pct)
+    for cell in cells:
+        if cell.task in DOWNSTREAM and cell.metrics_path.is_file():
+            metrics = json.loads(cell.metrics_path.read_text())
+            have = sorted(k for k in metrics if k.replace(".", "", 1).isdigit())
+            if have != wanted:
+                raise SystemExit(f"{cell.metrics_path}: finished with fractions {', '.join(have)}, but --data-pct "
+                                 f"asks for {', '.join(wanted)}; use another --output-dir or remove that cell")
 
 
 def checkpoint_file(path) -> Path:
@@ -229,6 +248,8 @@ def whole_table(args) -> dict:
             metrics = run_grounding(model, root("mimic_cxr"), cell.directory)
         return {**metrics, "model": describe(args) | {"seed": seed}, "seconds": round(time.perf_counter() - start, 1)}
 
+    if args.data_pct:
+        check_fractions(cells, args.data_pct)
     start = time.perf_counter()
     results = run_cells(cells, run_cell, log=lambda *a: None, progress=not args.no_progress)
     for cell in cells:   # the fractions of finished downstream cells (a resumed run may have run none)
