@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/demo_masking_comparison}"
 python=${PYTHON:-python}
-read -r -a seeds <<< "${SEEDS:-42 43 44}"
+read -r -a seeds <<< "${SEEDS:-0 1 2}"
 read -r -a extra <<< "${EXTRA:-}"
 declare -A variants=(
   [demo]=""
