@@ -491,7 +491,12 @@ def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor, buffers: d
             else:
                 fresh.append(param)
                 kept.append(param)
-    saved = [buffers.setdefault(id(t), torch.empty_like(t)) for t in kept]
+    saved = []
+    for t in kept:  # keyed by identity AND layout: a tensor that took a freed one's id never gets its stale copy
+        key = (id(t), t.shape, t.dtype, t.device)
+        if key not in buffers:  # (setdefault would build the empty tensor every step, used or not)
+            buffers[key] = torch.empty_like(t)
+        saved.append(buffers[key])
     torch._foreach_copy_(saved, kept)
     optimizer.step()
     for now, before in zip(kept, saved):
