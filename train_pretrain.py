@@ -40,13 +40,30 @@ class PretrainParser(ConfigParser):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--method")
         self.method = pre.parse_known_args(argv)[0].method
-        return super().parse(argv, namespace=namespace)
+        config, args = super().parse(argv, namespace=True)
+        refuse_cgns_flags(config.model.method, vars(args))
+        return (config, args) if namespace else config
 
     def base(self, name: str):
         config = super().base(name)
         if self.method in METHODS and name in self.presets:      # an unknown --method: argparse names the choices
             return with_method(config, self.method, name)
         return config
+
+
+def refuse_cgns_flags(method: str, given: dict) -> None:
+    """A clear error for CM-CGNS's own flags (loss weights, k-means, CM-MIR, ...) given with a peer's --method:
+    the peer would train without them, and the run would look like an ablation it is not."""
+    if method == "cgns":
+        return
+    from cgns.models.cgns import CGNSConfig
+    from cgns.models.peer import PEER_FIELDS
+
+    ignored = sorted(f.name for f in dataclasses.fields(CGNSConfig) if f.name in given and f.name not in PEER_FIELDS)
+    if ignored:
+        flags = ", ".join(("--no-" if given[name] is False else "--") + name.replace("_", "-") for name in ignored)
+        raise SystemExit(f"--method {method} does not use {flags}: CM-CGNS's settings, which a peer objective "
+                         f"ignores; drop them (a peer's own settings are its preset's, docs/METHODS.md)")
 
 
 def config_parser() -> ConfigParser:

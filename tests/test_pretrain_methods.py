@@ -120,6 +120,21 @@ def test_peer_presets_and_explicit_flags():
         train_pretrain.parse_args(["--method", "clip"])
 
 
+@pytest.mark.parametrize("flags, named", [(["--no-cgns"], "--no-cgns"),
+                                          (["--local-text-weight", "0.5"], "--local-text-weight"),
+                                          (["--mask-ratio", "0.5", "--mir-masking", "input"], "--mir-masking"),
+                                          (["--num-clusters", "8", "--no-mir"], "--no-mir, --num-clusters")])
+def test_cgns_flags_under_a_peer_are_refused(flags, named):
+    """CM-CGNS's own flags with a peer's --method stop with the flags named (the peer would ignore them); the
+    flags a peer reads (encoders, masking) and every flag under --method cgns pass."""
+    with pytest.raises(SystemExit, match=f"--method gloria does not use {named}: CM-CGNS's settings"):
+        train_pretrain.parse_args(["--method", "gloria", *flags])
+    cgns, _ = train_pretrain.parse_args(["--method", "cgns", *flags])
+    assert cgns.model.method == "cgns"
+    peer, _ = train_pretrain.parse_args(["--method", "gloria", "--mask-ratio", "0.5", "--embed-dim", "64"])
+    assert peer.model.mask_ratio == 0.5 and peer.model.embed_dim == 64
+
+
 def test_peer_export_round_trip(test_world, tmp_path):
     """python -m cgns.export on an MGCA run (batch-norm running statistics, prototypes) loads back to the same
     embeddings and maps."""

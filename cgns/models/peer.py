@@ -18,6 +18,13 @@ from cgns.models.encoder_pair import EncoderPair
 
 LOCAL_KIND = "words"      # the only local map a peer has: each word's attention over its image's patches
 
+# The CGNSConfig fields a peer reads (its encoders, tokenizer, embedding width, input masking); every other field
+# is CM-CGNS's objective (k-means, CGNS, CM-MIR, the local and grounding terms) and means nothing to a peer.
+PEER_FIELDS = frozenset({
+    "method", "objective", "image_encoder", "image_size", "image_weights", "text_encoder", "text_hidden_size",
+    "text_layers", "text_heads", "max_length", "text_vocab_size", "text_max_positions", "pad_token_id",
+    "tokenizer_dir", "embed_dim", "mask_ratio"})
+
 
 def build_model(config, tokenizer=None):
     """The pretraining model of config.method: CGNSModel, or PeerModel (tokenizer: see PeerModel)."""
