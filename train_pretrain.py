@@ -118,7 +118,7 @@ def run(config: PretrainConfig, preset: str, info) -> dict:
                    f"{model_config.text_encoder or 'random BERT'}: {len(train_set)} train / {len(valid_set)} valid "
                    f"pairs, {info.world_size} process(es) on {info.device}, output {out}")
     run_record = {**dataclasses.asdict(config), "world_size": info.world_size}
-    trainer = Pretrainer(model, train_set=train_set, val_set=valid_set, collate_fn=_collate(), cfg=config.loop,
+    trainer = Pretrainer(model, train_set=train_set, val_set=valid_set, collate_fn=_collate(model), cfg=config.loop,
                          info=info, output_dir=out, model_config=model_config.to_dict(), run_args=run_record,
                          extra_state={"tokenizer_dir": tokenizer_dir})
     resume = Path(config.run.checkpoint) if config.run.checkpoint else ckpt.find_resume(out)
@@ -138,10 +138,15 @@ def run(config: PretrainConfig, preset: str, info) -> dict:
     return metrics
 
 
-def _collate():
-    from cgns.data.datasets import collate
+def _collate(model):
+    """The pretraining collate, with the word layout where the objective groups word pieces into words (GLoRIA,
+    MGCA: the step then reads nothing back from the device)."""
+    import functools
 
-    return collate("pretrain")
+    from cgns.data.datasets import collate_pretrain
+
+    table = model.word_table() if hasattr(model, "word_table") else None
+    return collate_pretrain if table is None else functools.partial(collate_pretrain, word_table=table)
 
 
 def closing_summary(config: PretrainConfig, out: Path, val: dict) -> dict:

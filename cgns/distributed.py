@@ -153,6 +153,22 @@ def _row_sizes(rows: torch.Tensor, kind: str | None) -> list[int]:
     return _exchanged_row_sizes(rows)
 
 
+def global_row_count(rows: torch.Tensor, kind: str | None = None, per_item: int = 1) -> int:
+    """The number of rows over all ranks, a host integer: rows [n,...] on this rank, n = per_item x (this rank's
+    count of `kind`, e.g. per_item patches per report). In one process n; under known_row_counts with `kind` the sum
+    of the batch's counts (no device read); else all-gathered on the device and read back (a host synchronisation)."""
+    if not is_distributed():
+        return rows.shape[0]
+    known = _known_counts[0]
+    if kind is not None and known is not None and kind in known:
+        sizes = [per_item * n for n in known[kind]]
+        if len(sizes) != dist.get_world_size() or sizes[dist.get_rank()] != rows.shape[0]:
+            raise ValueError(f"global_row_count: {rows.shape[0]} rows ({per_item} per {kind!r} row) on rank "
+                             f"{dist.get_rank()}, but the batch's row counts say {known[kind]}")
+        return sum(sizes)
+    return sum(_exchanged_row_sizes(rows))
+
+
 def _exchanged_row_sizes(rows: torch.Tensor) -> list[int]:
     """Every rank's rows.shape[0], all-gathered on rows' device and read back: a host synchronisation."""
     count = torch.tensor([rows.shape[0]], device=rows.device)

@@ -95,12 +95,14 @@ def _nan_on_one_rank(info, out_dir):
 
 
 def train_sharded(model, info, out_dir, shards: int, shard: int, *, stage: int = 1, epoch: int = 0,
-                  noise: bool = False):
+                  noise: bool = False, collate_pretrain=None):
     """STEPS loop steps of `model` on fixed global batches of 8 pairs (tiny_batch), this shard's pairs through the
-    pretraining collate (with the same patch noise per pair however the batch is split, when noise); returns the
-    trainer and each step's gradients, captured as the optimiser reads them."""
-    from cgns.data.datasets import collate_pretrain
+    pretraining collate (train_pretrain.py's for this model unless given; with the same patch noise per pair however
+    the batch is split, when noise); returns the trainer and each step's gradients, captured as the optimiser reads
+    them."""
+    import train_pretrain
     from test_models_cgns import tiny_batch
+    collate_pretrain = collate_pretrain or train_pretrain._collate(model)
     cfg = LoopConfig(batch_size=8 // shards, lr=1e-3, log_every=1, validate=False, progress=False, amp="none",
                      clip_grad=1.0)
     trainer = Pretrainer(model, train_set=[None] * 8, val_set=None, collate_fn=collate_pretrain, cfg=cfg, info=info,

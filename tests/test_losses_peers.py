@@ -4,13 +4,15 @@ and parameter gradients, heads with batch normalisation included); Sinkhorn-Knop
 import math
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from cgns.data.words import word_index, word_layout
 from cgns.losses.convirt import ConVIRTObjective, convirt_loss, max_pool_tokens
-from cgns.losses.gloria import GLoRIAObjective, gloria_global_loss, gloria_local_loss, word_features, word_index
+from cgns.losses.gloria import GLoRIAObjective, gloria_global_loss, gloria_local_loss, word_features
 from cgns.losses.mgca import (MGCAObjective, prototype_loss, sinkhorn_knopp, token_alignment_loss,
                               token_importance)
 from cgns.models.projection_heads import GlobalBatchNorm
@@ -80,6 +82,21 @@ def test_word_index_groups_pieces_like_gloria():
     assert expected[0].tolist() == [0, 1, 1, 1, 2, 3, 3, 0, 0, 0]
 
 
+def test_word_layout_is_what_the_step_would_read_back():
+    """The collate's CPU word layout: word_index as above, W the most words, word_rows the real words' flat rows
+    (the mask word_features builds); a report without words is refused by dataset index."""
+    special = torch.tensor([True, True, True, False, False, False, False, False])
+    continues = torch.tensor([False] * 6 + [True, True])
+    ids = torch.tensor([[1, 3, 6, 7, 4, 5, 6, 2, 0, 0], [1, 6, 3, 2, 0, 0, 0, 0, 0, 0]])
+    layout = word_layout(ids, continues, special)
+    torch.testing.assert_close(layout["word_index"], word_index(ids, continues, special))
+    _, mask = word_features(torch.randn(2, 10, 3), layout["word_index"])
+    assert layout["num_words"] == mask.shape[1] == 3
+    assert layout["word_rows"].tolist() == mask.flatten().nonzero()[:, 0].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"without any word in this batch at dataset index \[17\]"):
+        word_layout(torch.tensor([[1, 3, 2], [1, 2, 0]]), continues, special, index=torch.tensor([5, 17]))
+
+
 def _gloria_local_by_hand(words, word_mask, patches, t1, t2, t3):
     """GLoRIA's local_loss and attention_fn, report by report: the words attend over every image's regions
     (softmax over the words, then t1 x softmax over the regions), cos(word, context), log sum exp(t2 cos)."""
@@ -106,11 +123,13 @@ def _words(batch=4, words=5, dim=6, seed=4):
     return torch.randn(batch, words, dim, generator=_generator(seed + 1), dtype=DOUBLE), mask
 
 
-def test_gloria_local_loss_equals_its_per_report_loop():
+@pytest.mark.parametrize("given_rows", [False, True], ids=["mask", "collate-rows"])
+def test_gloria_local_loss_equals_its_per_report_loop(given_rows):
     words, mask = _words()
     words.requires_grad_()
     patches = torch.randn(4, 3, 6, generator=_generator(6), dtype=DOUBLE, requires_grad=True)
-    _assert_same_value_and_gradient(gloria_local_loss(words, mask, patches, 4.0, 5.0, 10.0),
+    rows = mask.flatten().nonzero()[:, 0] if given_rows else None
+    _assert_same_value_and_gradient(gloria_local_loss(words, mask, patches, 4.0, 5.0, 10.0, word_rows=rows),
                                     _gloria_local_by_hand(words, mask, patches, 4.0, 5.0, 10.0), (words, patches))
 
 

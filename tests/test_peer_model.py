@@ -89,17 +89,28 @@ def test_mgca_prototypes_get_no_gradient_in_epoch_zero():
         assert model.image_encoder.backbone.blocks[-1].attn.qkv.weight.grad is not None
 
 
-def test_convirt_steps_without_host_reads(tmp_path, monkeypatch):
-    """test_step_sync's counter over ConVIRT's steps (GLoRIA and MGCA read word counts and batch-norm row counts
-    back from the device: see docs/PRETRAINING.md)."""
+@pytest.mark.parametrize("method", PEERS)
+def test_peer_steps_without_host_reads(tmp_path, monkeypatch, method):
+    """test_step_sync's counter over each peer's steps, with train_pretrain.py's collate (the word layout on the
+    CPU for GLoRIA and MGCA); and the same losses as the model computes without that layout."""
+    import train_pretrain
     from test_step_sync import SyncCounter, counted_run
     from test_masking import TinyPairs
 
     torch.manual_seed(0)
-    model = peer_model("convirt")
+    model = peer_model(method)
+    collate = train_pretrain._collate(model)
+    batch = collate([TinyPairs(4)[i] for i in range(4)])
+    assert ("word_rows" in batch) == (method != "convirt")
+    plain = collate_pretrain([TinyPairs(4)[i] for i in range(4)])
+    model.eval()
+    with torch.no_grad():
+        for name, value in model(plain, epoch=1)[0].items():
+            torch.testing.assert_close(model(batch, epoch=1)[0][name], value, rtol=1e-6, atol=1e-6, msg=name)
+    model.train()
     cfg = LoopConfig(batch_size=4, lr=1e-3, stage1_epochs=1, stage2_epochs=0, max_steps=4, log_every=1000,
                      save_every=0, progress=False, amp="none", clip_grad=1.0, validate=False)
-    trainer = Pretrainer(model, train_set=TinyPairs(16), val_set=None, collate_fn=collate_pretrain, cfg=cfg,
+    trainer = Pretrainer(model, train_set=TinyPairs(16), val_set=None, collate_fn=collate, cfg=cfg,
                          info=SINGLE, output_dir=tmp_path, model_config=model.config.to_dict())
     counter = SyncCounter(monkeypatch, trainer)
     counted_run(trainer, counter)

@@ -15,6 +15,7 @@ from cgns.data.cache import Cache
 from cgns.data.splits import data_pct_subset
 from cgns.data.transforms import (CropTransform, DetectionTransform, Placement, SegmentationTransform,
                                   boxes_mask)
+from cgns.data.words import word_layout
 
 TASKS = ("pretrain", "classification", "detection", "segmentation")
 SPLITS = ("train", "valid", "test")
@@ -183,11 +184,15 @@ def collate(task: str):
     return default_collate
 
 
-def collate_pretrain(items: list[dict]) -> dict:
-    """Stacked pretraining items plus their sentence_layout (what the step would otherwise have to read back from
-    the device, computed here on the CPU once per batch)."""
+def collate_pretrain(items: list[dict], word_table: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Stacked pretraining items plus their sentence_layout and, given a word-piece table (continues_word, special
+    bool[V]: the GLoRIA / MGCA models' word_table()), their word layout (cgns.data.words.word_layout): what the
+    step would otherwise have to read back from the device, computed here on the CPU once per batch."""
     batch = default_collate(items)
     batch.update(sentence_layout(batch["sentence_index"], batch["input_ids"], batch.get("index")))
+    if word_table is not None:
+        batch.update(word_layout(batch["input_ids"], *word_table, batch.get("index")))
+        batch["row_counts"]["words"] = int(batch["word_rows"].shape[0])
     return batch
 
 

@@ -16,7 +16,9 @@ Inputs (the dict `inputs` of GLoRIAObjective.forward):
     image_global [B,Di]   the image encoder's global feature, before any projection
     patches [B,L,Di]      the image encoder's local tokens (ViT patch tokens / ResNet layer4 cells)
     tokens [B,T,Dt]       the text encoder's last hidden states
-    word_index long[B,T]  0 on [CLS], [SEP], padding; w + 1 on every word piece of word w (see word_index below)
+    word_index long[B,T]  0 on [CLS], [SEP], padding; w + 1 on every word piece of word w (cgns.data.words)
+    num_words, word_rows  optional: the batch's word layout computed on the CPU (cgns.data.words.word_layout),
+                          so that the step reads nothing back from the device
 """
 from __future__ import annotations
 
@@ -28,36 +30,13 @@ from cgns.losses.global_contrastive import bidirectional_info_nce
 from cgns.losses.grounding import report_image_matching_loss
 
 
-def word_piece_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """From a WordPiece tokenizer (transformers): (continues_word bool[V] True on '##' pieces, special bool[V] True
-    on [CLS] / [SEP] / [PAD] / ...), the tables word_index reads."""
-    vocabulary = tokenizer.get_vocab()                                                       # token -> id
-    size = max(vocabulary.values()) + 1
-    continues_word, special = torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
-    continues_word[[i for token, i in vocabulary.items() if token.startswith("##")]] = True
-    special[list(tokenizer.all_special_ids)] = True
-    return continues_word, special
-
-
-def word_index(input_ids: torch.Tensor, continues_word: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
-    """Word pieces grouped into words, as GLoRIA's and MGCA's aggregate_tokens group them: a piece that does not
-    start with '##' opens a new word, a '##' piece continues the open one; special tokens are in no word.
-
-    input_ids long[B,T], continues_word / special bool[V] (word_piece_table) -> long[B,T]: 0 outside words,
-    w + 1 on the pieces of the report's word w (a '##' piece with no open word, after truncation, opens one).
-    """
-    if int(input_ids.max()) >= continues_word.shape[0]:
-        raise ValueError(f"token id {int(input_ids.max())} is outside the word-piece table ({continues_word.shape[0]})")
-    is_special = special[input_ids]                                                          # [B,T]
-    previous_special = torch.cat([is_special.new_ones(input_ids.shape[0], 1), is_special[:, :-1]], dim=1)
-    opens = ~is_special & (~continues_word[input_ids] | previous_special)                  # [B,T]
-    return torch.where(is_special, 0, opens.long().cumsum(dim=1))
-
-
-def word_features(tokens: torch.Tensor, word_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def word_features(tokens: torch.Tensor, word_index: torch.Tensor,
+                  num_words: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens [B,T,D], word_index long[B,T] -> (words [B,W,D]: the SUM of each word's piece features (GLoRIA's and
-    MGCA's aggregation), mask bool[B,W] True on real words), W the most words of any report in the batch."""
-    num_words = max(int(word_index.max()), 1)                                                # a shape: one host sync
+    MGCA's aggregation), mask bool[B,W] True on real words), W the most words of any report in the batch: num_words
+    when the caller knows it (cgns.data.words.word_layout), else read from the device (one host sync)."""
+    if num_words is None:
+        num_words = max(int(word_index.max()), 1)
     membership = F.one_hot(word_index, num_words + 1)[..., 1:].to(tokens.dtype)             # [B,T,W]
     return membership.transpose(1, 2) @ tokens, membership.sum(dim=1) > 0
 
@@ -69,17 +48,22 @@ def gloria_global_loss(image: torch.Tensor, report: torch.Tensor, temperature: f
 
 def gloria_local_loss(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor,
                       attention_temperature: float = 4.0, word_temperature: float = 5.0,
-                      logit_temperature: float = 10.0) -> torch.Tensor:
+                      logit_temperature: float = 10.0, word_rows: torch.Tensor | None = None) -> torch.Tensor:
     """words [B,W,D], word_mask bool[B,W] (every report has a word), patches [B,L,D], any norm (GLoRIA normalises
-    neither) -> the word-region loss, CE(report->image) + CE(image->report) on t3 Z; a [] tensor."""
-    if not bool(word_mask.any(dim=1).all()):
-        raise ValueError("GLoRIA's local loss: a report without any word in this batch")
+    neither) -> the word-region loss, CE(report->image) + CE(image->report) on t3 Z; a [] tensor.
+    word_rows long[n]: the real words' flat rows (cgns.data.words.word_layout, checked there), so that nothing is
+    read back from the device; without it they are found from word_mask (host syncs)."""
     dtype = torch.promote_types(torch.promote_types(words.dtype, patches.dtype), torch.float32)   # as autocast
-    queries = words[word_mask].to(dtype)                                                     # [n,D]
-    owner = word_mask.nonzero()[:, 0]                                                        # [n] in 0..B-1
+    kind = "words" if word_rows is not None else None        # the collate's row counts know the words' numbers
+    if word_rows is None:
+        if not bool(word_mask.any(dim=1).all()):
+            raise ValueError("GLoRIA's local loss: a report without any word in this batch")
+        word_rows = word_mask.flatten().nonzero()[:, 0]
+    queries = words.flatten(0, 1).index_select(0, word_rows).to(dtype)                       # [n,D]
+    owner = torch.div(word_rows, words.shape[1], rounding_mode="floor")                      # [n] in 0..B-1
     mean = report_image_matching_loss(queries, owner, patches.to(dtype), attention_temperature, word_temperature,
                                       logit_temperature * word_temperature, attention="gloria",
-                                      query_norms=torch.linalg.vector_norm(queries, dim=-1))
+                                      query_norms=torch.linalg.vector_norm(queries, dim=-1), query_kind=kind)
     return 2 * mean                                                                          # GLoRIA sums both
 
 
@@ -106,7 +90,7 @@ class GLoRIAObjective(nn.Module):
 
     def words(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (projected words [B,W,D], word_mask bool[B,W], summed word features [B,W,Dt])."""
-        summed, mask = word_features(inputs["tokens"], inputs["word_index"])
+        summed, mask = word_features(inputs["tokens"], inputs["word_index"], inputs.get("num_words"))
         return self.word_projection(summed), mask, summed
 
     def image_embedding(self, inputs: dict) -> torch.Tensor:
@@ -123,6 +107,7 @@ class GLoRIAObjective(nn.Module):
     def forward(self, inputs: dict, epoch: int = 0) -> dict:
         words = self.words(inputs)
         t1, t2, t3 = self.temperatures
-        local = gloria_local_loss(words[0], words[1], self.local_image(inputs["patches"]), t1, t2, t3)
+        local = gloria_local_loss(words[0], words[1], self.local_image(inputs["patches"]), t1, t2, t3,
+                                  inputs.get("word_rows"))
         global_ = gloria_global_loss(self.image_embedding(inputs), self.report_embedding(inputs, words), t3)
         return {"global": self.global_weight * global_, "local": self.local_weight * local}

@@ -90,7 +90,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     q = torch.exp((scores - shift) / epsilon).T                                               # [K,B]
     q = q / all_reduce_sum(q.sum())
     num_prototypes = q.shape[0]
-    num_samples = all_reduce_sum(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
+    num_samples = all_reduce_sum(torch.full((), float(q.shape[1]), dtype=q.dtype, device=q.device))   # a fill
     for _ in range(iterations):
         q = q * ((1.0 / num_prototypes) / all_reduce_sum(q.sum(dim=1)))[:, None]
         q = q * ((1.0 / num_samples) / q.sum(dim=0))[None, :]
@@ -149,12 +149,14 @@ class MGCAObjective(nn.Module):
 
     def local_losses(self, inputs: dict) -> torch.Tensor:
         """L_word + L_patch, a [] tensor."""
-        summed, word_mask = word_features(inputs["tokens"], inputs["word_index"])              # [B,W,Dt], [B,W]
-        words = F.normalize(self.local_text(summed, word_mask), dim=-1)                         # [B,W,D]
+        num_words = inputs.get("num_words")                                                     # word_layout's
+        summed, word_mask = word_features(inputs["tokens"], inputs["word_index"], num_words)   # [B,W,Dt], [B,W]
+        words = F.normalize(self.local_text(summed, word_mask, inputs.get("word_rows"), "words"), dim=-1)   # [B,W,D]
         patches = F.normalize(self.local_image(inputs["patches"]), dim=-1)                      # [B,L,D]
         patch_mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
         text_attention = inputs["text_class_attention"]
-        word_attention = word_features(text_attention[..., None].to(summed.dtype), inputs["word_index"])[0][..., 0]
+        word_attention = word_features(text_attention[..., None].to(summed.dtype), inputs["word_index"],
+                                       num_words)[0][..., 0]
         word_weights = token_importance(word_attention, word_mask).to(words.dtype)              # [B,W]
         image_attention = inputs.get("image_class_attention")
         patch_weights = (patch_mask / patch_mask.shape[1] if image_attention is None

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from cgns.engine.methods import build_objective
-from cgns.losses.gloria import word_features, word_index, word_piece_table
+from cgns.data.words import word_index, word_piece_table
+from cgns.losses.gloria import word_features
 from cgns.models.class_attention import LayerInput, bert_class_attention, vit_class_attention
 from cgns.models.encoder_pair import EncoderPair
 
@@ -74,9 +75,18 @@ class PeerModel(EncoderPair):
         return {"image_global": features["global"], "patches": features["local"],
                 "image_class_attention": vit_class_attention(blocks[-1], last.hidden)}
 
-    def text_inputs(self, input_ids, attention_mask, max_token_id=None) -> dict:
+    def word_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The word-piece table on the CPU (continues_word, special bool[V]) for the pretraining collate's word
+        layout (cgns.data.words.word_layout), or None when the objective groups no words (ConVIRT)."""
+        if "word_index" not in self.needs:
+            return None
+        return self.continues_word.cpu(), self.special_token.cpu()
+
+    def text_inputs(self, input_ids, attention_mask, max_token_id=None, layout: dict | None = None) -> dict:
         """token ids / mask long[B,T] -> tokens [B,T,Dt], attention_mask, and what the objective needs of
-        word_index long[B,T] and text_class_attention [B,T]."""
+        word_index long[B,T] and text_class_attention [B,T]. layout: the batch's word layout from the collate
+        (word_index, num_words, word_rows: cgns.data.words.word_layout), used as it is; without it word_index is
+        computed here and the losses read the word count back from the device."""
         inputs = {"attention_mask": attention_mask}
         if "text_class_attention" in self.needs:
             last_layer = self.text_encoder.bert.encoder.layer[-1]
@@ -86,7 +96,10 @@ class PeerModel(EncoderPair):
         else:
             inputs["tokens"] = self.text_encoder(input_ids, attention_mask, max_token_id)
         if "word_index" in self.needs:
-            inputs["word_index"] = word_index(input_ids, self.continues_word, self.special_token)
+            if layout and "word_index" in layout:
+                inputs.update({key: layout[key] for key in ("word_index", "num_words", "word_rows")})
+            else:
+                inputs["word_index"] = word_index(input_ids, self.continues_word, self.special_token)
         return inputs
 
     # ---- the loop's interface ---------------------------------------------------------------------------------
@@ -95,7 +108,8 @@ class PeerModel(EncoderPair):
         prototypes while epoch < freeze_prototype_epochs."""
         split = self.patch_split(batch)
         inputs = self.image_inputs(batch["image"], None if split is None else split[0])
-        inputs.update(self.text_inputs(batch["input_ids"], batch["attention_mask"], batch.get("max_token_id")))
+        inputs.update(self.text_inputs(batch["input_ids"], batch["attention_mask"], batch.get("max_token_id"),
+                                       batch))
         return self.objective(inputs, epoch=epoch), {}
 
     def encode_image(self, images):

@@ -2,8 +2,11 @@
 statistics are those of the global batch (every rank's real rows), so that 2 ranks train exactly like 1 process.
 
 ProjectionHead(in, hidden, out, batch_norm): Linear -> [BatchNorm] -> ReLU -> Linear -> [BatchNorm without affine].
-forward(x [..., in], mask bool[...] or None) -> [..., out]; with a mask only the True rows are projected (and enter
-the batch statistics), the others are returned as zeros.
+forward(x [..., in], mask bool[...] or None, rows long[n] or None, kind) -> [..., out]; with a mask only the True
+rows are projected (and enter the batch statistics), the others are returned as zeros; `rows` (the flat indices of
+the True entries, known on the host side: e.g. the collate's word_rows) selects them without reading the mask back
+from the device. The global row count the statistics divide by comes from the batch's row counts of `kind`
+(cgns.distributed.global_row_count), so that a training step waits on no device read.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.distributed.nn as dist_nn
 
-from cgns.distributed import all_reduce_sum, is_distributed
+from cgns.distributed import global_row_count, is_distributed
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -33,11 +36,12 @@ class GlobalBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """rows [N,C] -> [N,C]; count: the number of rows over all ranks (global_row_count; None: found here)."""
         if self.training:
-            count = all_reduce_sum(torch.tensor(float(rows.shape[0]), device=rows.device))
-            if float(count) < 2:
-                raise ValueError(f"batch normalisation needs at least 2 rows over all ranks, got {int(count)}")
+            count = global_row_count(rows) if count is None else count
+            if count < 2:
+                raise ValueError(f"batch normalisation needs at least 2 rows over all ranks, got {count}")
             mean = sum_over_ranks(rows.sum(dim=0)) / count                                   # [C]
             var = sum_over_ranks((rows - mean).square().sum(dim=0)) / count                  # [C]
             with torch.no_grad():
@@ -66,9 +70,23 @@ class ProjectionHead(nn.Module):
         self.second = nn.Linear(hidden_dim, out_dim)
         self.second_norm = GlobalBatchNorm(out_dim, affine=False) if batch_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]                      # [N,in]
-        rows = self.second_norm(self.second(torch.relu(self.first_norm(self.first(rows)))))  # [N,out]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                kind: str = "reports") -> torch.Tensor:
+        """x [B,...,in] -> [B,...,out]. Without a mask every row is projected, `kind` naming what x's first
+        dimension counts; with mask bool[B,...] the True rows only (rows long[n]: their flat indices, of kind
+        `kind`), the others left zero."""
+        flat = x.reshape(-1, x.shape[-1])                                                    # [B*...,in]
         if mask is None:
-            return rows.view(*x.shape[:-1], rows.shape[-1])
-        return rows.new_zeros(*mask.shape, rows.shape[-1]).index_put((mask,), rows)
+            selected, per_item = flat, flat.shape[0] // max(x.shape[0], 1)
+        else:
+            if rows is None:
+                rows, kind = mask.flatten().nonzero()[:, 0], None                           # a host sync
+            selected, per_item = flat.index_select(0, rows), 1
+        count = global_row_count(selected, kind, per_item) if self.training else None
+        out = self.first(selected)
+        out = self.first_norm(out, count) if isinstance(self.first_norm, GlobalBatchNorm) else out
+        out = self.second(torch.relu(out))
+        out = self.second_norm(out, count) if isinstance(self.second_norm, GlobalBatchNorm) else out   # [n,out]
+        if mask is None:
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return out.new_zeros(flat.shape[0], out.shape[-1]).index_copy(0, rows, out).view(*mask.shape, -1)
