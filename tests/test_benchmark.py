@@ -221,6 +221,18 @@ def test_the_table_equals_a_hand_computation(tmp_path):
     assert "cgns,CheXpert AUC,linear,chexpert,100%,3,0.823333,0.020817,0:0.800000;1:0.840000;2:0.830000,convirt," \
            "0.023333,-0.014612,0.061279,3" in lines
     assert (tmp_path / "benchmark.png").stat().st_size > 0
+    # the ablation: cgns - cgns-no-cgns, paired by seed: -0.01, +0.03, +0.02
+    assert result["ablations"] == [["cgns", "cgns-no-cgns"]]
+    mean, sd = hand_mean_sd([-0.01, 0.03, 0.02])
+    half = 4.302652729749 * sd / math.sqrt(3)
+    got = rows["CheXpert AUC", "100%"]["ablations"]["cgns − cgns-no-cgns"]
+    assert (got["mean"], got["low"], got["high"], got["n"]) == pytest.approx((mean, mean - half, mean + half, 3))
+    assert got["against"] == "cgns-no-cgns"
+    assert "| column | value | cgns − cgns-no-cgns |" in table
+    assert f"| CheXpert AUC | 100% | {100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] |" \
+        in table
+    assert any(line.startswith("cgns,CheXpert AUC,linear,chexpert,100%,3,") and ",cgns-no-cgns,0.013333," in line
+               for line in lines)
 
 
 def test_one_seed_has_no_interval_and_no_reference_no_difference(tmp_path):
@@ -246,6 +258,7 @@ def test_weight_variants_pair_against_the_reference_at_the_same_weights(tmp_path
     assert cnr["cgns@w3=0.5"]["difference"]["mean"] == pytest.approx(3.0 - 4.0)
     assert cnr["cgns@w3=2"]["difference"]["mean"] == pytest.approx(5.0 - 2.0)
     assert "| cgns@w3=0.5 − cgns-no-cgns@w3=0.5 |" in (tmp_path / "benchmark.md").read_text()
+    assert result["ablations"] == [["cgns", "cgns-no-cgns"], ["cgns@w3=0.5", "cgns-no-cgns@w3=0.5"]]
 
 
 @pytest.mark.parametrize("df, textbook", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571),

@@ -1,7 +1,8 @@
 """The comparison table: every task and fraction of `evaluate all` (rows, in its published order) by method
 (columns), mean ± standard deviation over pretraining seeds, and each method's paired difference against the
 reference method (ConVIRT by default; at the same weight variants where those are benchmarked) with its 95%
-t-interval over the seed pairs.
+t-interval over the seed pairs; and, where CM-CGNS's ablations are benchmarked beside it, the full method's paired
+difference against each ablation (does the clustering-guided sampling pay? does CM-MIR?).
 
 A method's value at one pretraining seed is what its `evaluate all` table shows: the mean over the head seeds
 (--eval-seeds) of that checkpoint. Pairs are formed by pretraining seed.
@@ -60,11 +61,25 @@ def paired_with(method: str, reference: str | None, methods: list[str]) -> str |
     return None if partner == method else partner
 
 
+def ablation_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """(full method, ablation) for every benchmarked CM-CGNS ablation whose full method is benchmarked at the same
+    weight variants: ('cgns', 'cgns-no-cgns'), ('cgns@w3=0.5', 'cgns-no-cgns@w3=0.5'), ..."""
+    pairs = []
+    for method in methods:
+        name, at, variants = method.partition("@")
+        full = "cgns" + (f"@{variants}" if at else "")
+        if name.startswith("cgns-no-") and full in methods:
+            pairs.append((full, method))
+    return pairs
+
+
 def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
-    """{"methods", "reference", "rows": [row + {"methods": {method: {"mean", "std", "n", "seeds", "difference"}}}]}.
+    """{"methods", "reference", "partners", "ablations": [[full, ablation]], "rows": [row + {"methods": {method:
+    {"mean", "std", "n", "seeds", "difference"}}, "ablations": {"full − ablation": difference}}]}.
     "difference" (paired by pretraining seed against paired_with(method)) is None where there is no partner."""
     rows, values = seed_values(jobs)
     partners = {m: paired_with(m, reference, methods) for m in methods}
+    ablations = ablation_pairs(methods)
     out = []
     for row in rows:
         key = (row["header"], row["label"])
@@ -80,9 +95,11 @@ def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
                                                        "against": partner}
             per_method[method] = {**mean_std(list(seeds.values())), "seeds": {str(s): v for s, v in seeds.items()},
                                   "difference": difference}
-        out.append({**row, "methods": per_method})
+        against = {f"{full} − {ablation}": {**paired_difference(per_seed(full), per_seed(ablation)),
+                                            "against": ablation} for full, ablation in ablations}
+        out.append({**row, "methods": per_method, "ablations": against})
     return {"methods": list(methods), "reference": reference if reference in methods else None,
-            "partners": partners, "rows": out}
+            "partners": partners, "ablations": [list(pair) for pair in ablations], "rows": out}
 
 
 def _scale(row: dict) -> tuple[int, int]:
@@ -127,6 +144,14 @@ def markdown(comparison: dict, title: str) -> str:
         for row in comparison["rows"]:
             cells = " | ".join(show_difference(row, row["methods"][m]["difference"]) for m in others)
             lines.append(f"| {row['header']} | {row['label']} | {cells} |")
+    pairs = [f"{full} − {ablation}" for full, ablation in comparison.get("ablations", [])]
+    if pairs:
+        lines += ["", "CM-CGNS against its ablations: the full method's paired difference, by pretraining seed: mean "
+                      "[95% t-interval over the seed pairs] (above 0: the part ablated helps).", "",
+                  "| column | value | " + " | ".join(pairs) + " |", "|---|---|" + "---|" * len(pairs)]
+        for row in comparison["rows"]:
+            cells = " | ".join(show_difference(row, row["ablations"][pair]) for pair in pairs)
+            lines.append(f"| {row['header']} | {row['label']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +173,14 @@ def csv_text(comparison: dict) -> str:
                              difference.get("against", ""), _number(difference.get("mean")),
                              _number(difference.get("low")), _number(difference.get("high")),
                              difference.get("n", "")])
+        for pair, difference in row.get("ablations", {}).items():     # the full method against an ablation
+            full = pair.split(" − ")[0]
+            entry = row["methods"][full]
+            per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
+            writer.writerow([full, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
+                             _number(entry["mean"]), _number(entry["std"]), per_seed, difference["against"],
+                             _number(difference.get("mean")), _number(difference.get("low")),
+                             _number(difference.get("high")), difference.get("n", "")])
     return out.getvalue()
 
 
