@@ -83,6 +83,11 @@ def test_all_refuses_two_encoders(checkpoint):
         run("all", "--checkpoint", checkpoint, "--image-weights", "w.pth")
 
 
+def test_all_with_random_init_refuses_a_seed_it_would_ignore(checkpoint):
+    with pytest.raises(SystemExit, match=r"--seed 5 would be ignored: give the seeds you want as --seeds"):
+        run("all", "--checkpoint", checkpoint, "--random-init", "--seed", "5", "--seeds", "0")
+
+
 def test_all_with_random_init_runs_the_text_tasks_once_per_seed(checkpoint, test_world, tmp_path):
     result = run("all", "--checkpoint", checkpoint, "--random-init", "--tasks", "zeroshot", "--seeds", "0", "1",
                  "--data-dir", test_world, "--output-dir", tmp_path, "--no-progress")

@@ -18,7 +18,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="the baseline: the --checkpoint's architecture, tokenizer and preprocessing with "
                              "randomly initialised weights (seeded by --seed)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init weights")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random-init weights (zeroshot / retrieval / grounding; `all` seeds them "
+                             "by each head seed of --seeds)")
     parser.add_argument("--output-dir", default=None, help=f"where metrics.json goes (default {DEFAULT_OUTPUT}_<cmd>)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32, help="images / texts per forward pass")
@@ -219,6 +221,10 @@ def whole_table(args) -> dict:
                          "--image-encoder/--image-size) or --image-weights FILE")
     if args.random_init and not args.checkpoint and not (args.image_encoder and args.image_size):
         raise SystemExit("--random-init needs --checkpoint (its architecture) or --image-encoder and --image-size")
+    if args.random_init and args.seed != 0:
+        raise SystemExit(f"evaluate all --random-init seeds every cell's random weights by its head seed (--seeds, "
+                         f"here {' '.join(map(str, args.seeds))}); --seed {args.seed} would be ignored: give the "
+                         f"seeds you want as --seeds")
     output_dir = Path(args.output_dir or f"{DEFAULT_OUTPUT}_all")
     output_dir.mkdir(parents=True, exist_ok=True)
     has_text = args.checkpoint is not None and args.image_weights is None
