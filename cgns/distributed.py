@@ -140,16 +140,17 @@ def known_row_counts(counts: dict | None):
         _known_counts[0] = previous
 
 
-def _row_sizes(rows: torch.Tensor, kind: str | None) -> list[int]:
-    """Every rank's number of rows: from known_row_counts when it has `kind`, else all-gathered on the device and
-    read back (a shape for the padding and the cut, so a host synchronisation on a GPU)."""
+def _row_sizes(rows: torch.Tensor, kind: str | None, per_item: int = 1) -> list[int]:
+    """Every rank's number of rows, rows [n,...] holding per_item rows per counted `kind` item (e.g. the patches of
+    a report): from known_row_counts when it has `kind`, else all-gathered on the device and read back (a shape for
+    the padding and the cut, so a host synchronisation on a GPU)."""
     known = _known_counts[0]
     if kind is not None and known is not None and kind in known:
-        sizes = known[kind]
+        sizes = [per_item * n for n in known[kind]]
         if len(sizes) != dist.get_world_size() or sizes[dist.get_rank()] != rows.shape[0]:
-            raise ValueError(f"gather_rows: {rows.shape[0]} rows of kind {kind!r} on rank {dist.get_rank()}, but the "
-                             f"batch's row counts say {sizes}")
-        return list(sizes)
+            raise ValueError(f"{rows.shape[0]} rows of kind {kind!r} ({per_item} per item) on rank "
+                             f"{dist.get_rank()}, but the batch's row counts say {known[kind]}")
+        return sizes
     return _exchanged_row_sizes(rows)
 
 
@@ -159,14 +160,7 @@ def global_row_count(rows: torch.Tensor, kind: str | None = None, per_item: int 
     of the batch's counts (no device read); else all-gathered on the device and read back (a host synchronisation)."""
     if not is_distributed():
         return rows.shape[0]
-    known = _known_counts[0]
-    if kind is not None and known is not None and kind in known:
-        sizes = [per_item * n for n in known[kind]]
-        if len(sizes) != dist.get_world_size() or sizes[dist.get_rank()] != rows.shape[0]:
-            raise ValueError(f"global_row_count: {rows.shape[0]} rows ({per_item} per {kind!r} row) on rank "
-                             f"{dist.get_rank()}, but the batch's row counts say {known[kind]}")
-        return sum(sizes)
-    return sum(_exchanged_row_sizes(rows))
+    return sum(_row_sizes(rows, kind, per_item))
 
 
 def _exchanged_row_sizes(rows: torch.Tensor) -> list[int]:

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgns.losses.global_contrastive import bidirectional_info_nce
-from cgns.losses.grounding import report_image_matching_loss
+from cgns.losses.grounding import real_rows, report_image_matching_loss
 
 
 def word_features(tokens: torch.Tensor, word_index: torch.Tensor,
@@ -55,11 +55,10 @@ def gloria_local_loss(words: torch.Tensor, word_mask: torch.Tensor, patches: tor
     read back from the device; without it they are found from word_mask (host syncs)."""
     dtype = torch.promote_types(torch.promote_types(words.dtype, patches.dtype), torch.float32)   # as autocast
     kind = "words" if word_rows is not None else None        # the collate's row counts know the words' numbers
-    if word_rows is None:
-        if not bool(word_mask.any(dim=1).all()):
-            raise ValueError("GLoRIA's local loss: a report without any word in this batch")
-        word_rows = word_mask.flatten().nonzero()[:, 0]
-    queries = words.flatten(0, 1).index_select(0, word_rows).to(dtype)                       # [n,D]
+    if word_rows is None and not bool(word_mask.any(dim=1).all()):
+        raise ValueError("GLoRIA's local loss: a report without any word in this batch")
+    queries, word_rows = real_rows(words, word_mask, word_rows)                              # [n,D], [n]
+    queries = queries.to(dtype)
     owner = torch.div(word_rows, words.shape[1], rounding_mode="floor")                      # [n] in 0..B-1
     mean = report_image_matching_loss(queries, owner, patches.to(dtype), attention_temperature, word_temperature,
                                       logit_temperature * word_temperature, attention="gloria",

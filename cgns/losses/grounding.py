@@ -19,6 +19,16 @@ import torch.nn.functional as F
 from cgns.distributed import gather_rows, global_mean
 
 
+def real_rows(values: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None):
+    """The entries of values [...,D] where mask bool[...] is True -> (those rows [n,D] in row-major order, their
+    flat indices long[n]). rows: the indices when the caller knows them on the host side (the pretraining
+    collate's sentence_rows / word_rows), so that nothing reads the device; None finds them from the mask (nonzero:
+    a host synchronisation on a GPU)."""
+    if rows is None:
+        rows = mask.flatten().nonzero()[:, 0]
+    return values.flatten(0, -2).index_select(0, rows), rows
+
+
 def grounding_attention(sentences: torch.Tensor, patches: torch.Tensor, temperature: float) -> torch.Tensor:
     """Each sentence's attention over its own image's patches, as the term weighs them (the map the visual report
     draws; report_image_scores takes the same softmax over every image of the batch).
@@ -117,9 +127,8 @@ def grounding_loss(sentences: torch.Tensor, sentence_mask: torch.Tensor, patches
     and nonzero: a host synchronisation on a GPU). Returns {'grounding': loss}.
     """
     dtype = torch.promote_types(torch.promote_types(sentences.dtype, patches.dtype), torch.float32)  # as autocast
-    if sentence_rows is None:
-        sentence_rows = sentence_mask.flatten().nonzero()[:, 0]                             # [n] host read
-    z = F.normalize(sentences.flatten(0, 1).index_select(0, sentence_rows).to(dtype), dim=-1)   # [n,D]
+    real, sentence_rows = real_rows(sentences, sentence_mask, sentence_rows)                # [n,D], [n]
+    z = F.normalize(real.to(dtype), dim=-1)                                                 # [n,D]
     owner = torch.div(sentence_rows, sentences.shape[1], rounding_mode="floor")            # [n] in 0..B-1
     return {"grounding": report_image_matching_loss(z, owner, patches.to(dtype), attention_temperature,
                                                     sentence_temperature, logit_scale, query_kind="sentences")}

@@ -18,7 +18,7 @@ from cgns.config import from_dict, option
 from cgns.engine.methods import METHODS
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
-from cgns.losses.grounding import grounding_attention, grounding_loss
+from cgns.losses.grounding import grounding_attention, grounding_loss, real_rows
 from cgns.losses.local_alignment import Predictor, sentence_contrastive_loss, simsiam_loss
 from cgns.losses.reconstruction import masked_patch_loss, reconstruction_loss
 from cgns.models.decoders import MaskedPatchDecoder, build_decoder, place_on_grid
@@ -391,7 +391,7 @@ class CGNSModel(EncoderPair):
         config = self.config
         losses = simsiam_loss(patches, attention["text_to_patch"], self.predictor, attention["text_to_patch_factors"])
         # Flatten the real sentences of the batch: z1 (sentence features) and z2 (image-to-text), [N,D].
-        z1, z2 = (real_sentences(x, sentence_mask, batch.get("sentence_rows"))
+        z1, z2 = (real_rows(x, sentence_mask, batch.get("sentence_rows"))[0]
                   for x in (sentences, attention["image_to_sentence"]))
         if config.cgns:
             text_losses, cgns_stats = self.clustering(z1, z2)
@@ -421,11 +421,3 @@ class CGNSModel(EncoderPair):
             num_patches = self.image_encoder.grid[0] * self.image_encoder.grid[1]
             patches, text_to_patch = (place_on_grid(x, split[0], num_patches) for x in (patches, text_to_patch))
         return reconstruction_loss(self.decoder(patches, text_to_patch), images, config.mir_weight)
-
-
-def real_sentences(per_report: torch.Tensor, sentence_mask: torch.Tensor, rows=None) -> torch.Tensor:
-    """per_report [B,S,D] -> the real sentences [N,D] in row-major order. rows long[N] (b*S + s of each real one,
-    from the collate function) gathers them without the host read that boolean indexing needs for N."""
-    if rows is None:
-        return per_report[sentence_mask]
-    return per_report.flatten(0, 1).index_select(0, rows)

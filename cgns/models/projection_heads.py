@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.distributed.nn as dist_nn
 
 from cgns.distributed import global_row_count, is_distributed
+from cgns.losses.grounding import real_rows
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,8 @@ class ProjectionHead(nn.Module):
         if mask is None:
             selected, per_item = flat, flat.shape[0] // max(x.shape[0], 1)
         else:
-            if rows is None:
-                rows, kind = mask.flatten().nonzero()[:, 0], None                           # a host sync
-            selected, per_item = flat.index_select(0, rows), 1
+            kind = kind if rows is not None else None             # rows found from the mask: counts exchanged
+            (selected, rows), per_item = real_rows(x, mask, rows), 1
         count = global_row_count(selected, kind, per_item) if self.training else None
         out = self.first(selected)
         out = self.first_norm(out, count) if isinstance(self.first_norm, GlobalBatchNorm) else out
