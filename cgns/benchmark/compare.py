@@ -164,23 +164,20 @@ def csv_text(comparison: dict) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["method", "column", "task", "dataset", "value", "n_seeds", "mean", "std", "per_seed",
                      "paired_against", "difference_mean", "difference_low", "difference_high", "n_pairs"])
+
+    def line(row: dict, method: str, difference: dict | None) -> None:
+        entry, difference = row["methods"][method], difference or {}
+        per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
+        writer.writerow([method, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
+                         _number(entry["mean"]), _number(entry["std"]), per_seed,
+                         difference.get("against", ""), _number(difference.get("mean")),
+                         _number(difference.get("low")), _number(difference.get("high")), difference.get("n", "")])
+
     for row in comparison["rows"]:
         for method, entry in row["methods"].items():
-            difference = entry["difference"] or {}
-            per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
-            writer.writerow([method, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
-                             _number(entry["mean"]), _number(entry["std"]), per_seed,
-                             difference.get("against", ""), _number(difference.get("mean")),
-                             _number(difference.get("low")), _number(difference.get("high")),
-                             difference.get("n", "")])
+            line(row, method, entry["difference"])
         for pair, difference in row.get("ablations", {}).items():     # the full method against an ablation
-            full = pair.split(" − ")[0]
-            entry = row["methods"][full]
-            per_seed = ";".join(f"{s}:{_number(v)}" for s, v in entry["seeds"].items())
-            writer.writerow([full, row["header"], row["task"], row["dataset"], row["label"], entry["n"],
-                             _number(entry["mean"]), _number(entry["std"]), per_seed, difference["against"],
-                             _number(difference.get("mean")), _number(difference.get("low")),
-                             _number(difference.get("high")), difference.get("n", "")])
+            line(row, pair.split(" − ")[0], difference)
     return out.getvalue()
 
 
