@@ -8,6 +8,8 @@ training only the kept patches are encoded, and the objective sees them as the i
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -67,13 +69,13 @@ class PeerModel(EncoderPair):
         """images [B,3,S,S] -> image_global [B,Di], patches [B,L,Di] (or [B,M,Di] with keep_index long[B,M]) and,
         when the objective needs it and the encoder is a ViT, image_class_attention [B,L] (or [B,M])."""
         blocks = getattr(self.image_encoder.backbone, "blocks", None)
-        if "image_class_attention" not in self.needs or blocks is None:
+        watch = "image_class_attention" in self.needs and blocks is not None
+        with LayerInput(blocks[-1]) if watch else contextlib.nullcontext() as last:
             features = self.image_encoder(images) if keep_index is None else self.image_encoder(images, keep_index)
-            return {"image_global": features["global"], "patches": features["local"]}
-        with LayerInput(blocks[-1]) as last:
-            features = self.image_encoder(images) if keep_index is None else self.image_encoder(images, keep_index)
-        return {"image_global": features["global"], "patches": features["local"],
-                "image_class_attention": vit_class_attention(blocks[-1], last.hidden)}
+        inputs = {"image_global": features["global"], "patches": features["local"]}
+        if watch:
+            inputs["image_class_attention"] = vit_class_attention(blocks[-1], last.hidden)
+        return inputs
 
     def word_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The word-piece table on the CPU (continues_word, special bool[V]) for the pretraining collate's word
@@ -88,13 +90,12 @@ class PeerModel(EncoderPair):
         (word_index, num_words, word_rows: cgns.data.words.word_layout), used as it is; without it word_index is
         computed here and the losses read the word count back from the device."""
         inputs = {"attention_mask": attention_mask}
-        if "text_class_attention" in self.needs:
-            last_layer = self.text_encoder.bert.encoder.layer[-1]
-            with LayerInput(last_layer) as last:
-                inputs["tokens"] = self.text_encoder(input_ids, attention_mask, max_token_id)
-            inputs["text_class_attention"] = bert_class_attention(last_layer, last.hidden, attention_mask)
-        else:
+        last_layer = self.text_encoder.bert.encoder.layer[-1]
+        watch = "text_class_attention" in self.needs
+        with LayerInput(last_layer) if watch else contextlib.nullcontext() as last:
             inputs["tokens"] = self.text_encoder(input_ids, attention_mask, max_token_id)
+        if watch:
+            inputs["text_class_attention"] = bert_class_attention(last_layer, last.hidden, attention_mask)
         if "word_index" in self.needs:
             if layout and "word_index" in layout:
                 inputs.update({key: layout[key] for key in ("word_index", "num_words", "word_rows")})
