@@ -26,8 +26,9 @@ RUN_CHECKPOINTS = ("final.pt", "latest.pt")
 
 
 class PretrainedModel:
-    """A CGNSModel (or a peer objective's PeerModel, cgns.models.peer) in eval mode with its tokenizer and preprocessing; every method runs without gradients and splits
-    its input into chunks of `batch_size`. Outputs are float32 on the CPU."""
+    """A CGNSModel (or a peer objective's PeerModel, cgns.models.peer) in eval mode with its tokenizer and
+    preprocessing; every method runs without gradients and splits its input into chunks of `batch_size`. Outputs
+    are float32 on the CPU."""
 
     def __init__(self, model, tokenizer, cache_size: int = DEFAULT_CACHE_SIZE, batch_size: int = 32,
                  device: str | torch.device = "cpu", source: str = ""):

@@ -20,13 +20,13 @@ def tower_seconds(vit, images, mask_ratio: float, repeats: int) -> float:
     """Best-of-`repeats` seconds of one forward + backward of the ViT on images with this mask ratio."""
     num_patches = vit.grid * vit.grid
     best = float("inf")
-    for _ in range(repeats + 1):  # the first call warms up, untimed
+    for attempt in range(repeats + 1):  # the first call warms up, untimed
         keep = (None if mask_ratio == 0 else
                 random_patch_split(images.shape[0], num_patches, kept_patch_count(num_patches, mask_ratio))[0])
         start = time.perf_counter()
         vit(images, keep).float().square().mean().backward()
         elapsed = time.perf_counter() - start
-        if _ > 0:
+        if attempt > 0:
             best = min(best, elapsed)
         vit.zero_grad(set_to_none=True)
     return best

@@ -43,7 +43,8 @@ COLUMNS = (
     Column("detection", "object_cxr", "Object-CXR mAP"),
     Column("zeroshot", "chexpert", "CheXpert 5xN zero-shot ACC"), Column("zeroshot", "rsna", "RSNA zero-shot AUC"),
     Column("zeroshot", "covidx", "COVIDx zero-shot ACC"),
-    Column("retrieval", "mimic_cxr", "MIMIC 5xN P@1/5/10 i2t"), Column("retrieval", "mimic_cxr", "MIMIC 5xN P@1/5/10 t2i"),
+    Column("retrieval", "mimic_cxr", "MIMIC 5xN P@1/5/10 i2t"),
+    Column("retrieval", "mimic_cxr", "MIMIC 5xN P@1/5/10 t2i"),
     Column("retrieval", "mimic_cxr", "exact pairs R@1/5/10 i2t"),
     Column("grounding", "mimic_cxr", "MS-CXR CNR / mIoU", percent=False),
 )
