@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cgns.data.words import word_index, word_layout
-from cgns.losses.convirt import ConVIRTObjective, convirt_loss, max_pool_tokens
+from cgns.losses.convirt import ConVIRTObjective, convirt_loss, max_pool_tokens, sample_sentence
 from cgns.losses.gloria import GLoRIAObjective, gloria_global_loss, gloria_local_loss, word_features
 from cgns.losses.mgca import (MGCAObjective, prototype_loss, sinkhorn_knopp, token_alignment_loss,
                               token_importance)
@@ -55,6 +55,56 @@ def test_convirt_text_vector_is_the_max_over_real_tokens():
     expected = torch.stack([tokens[b, :int(mask[b].sum())].max(dim=0).values for b in range(3)])
     torch.testing.assert_close(max_pool_tokens(tokens, mask), expected)
 
+
+
+CLS, SEP, PAD = 2, 3, 0
+
+
+def _sentence_reports():
+    """Reports as lists of sentences (token-id lists), encoded in encode_sentences' layout at width 12: one with a
+    sentence number missing (2: no tokens), one truncated inside its last sentence, one with a single sentence,
+    one without any."""
+    reports = [[[5, 6], [], [7, 8, 9], [10]], [[11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21]], [[22, 23, 24]], []]
+    ids, index, mask = [], [], []
+    for sentences in reports:
+        row, number = [CLS], [0]
+        for s, tokens in enumerate(sentences, start=1):
+            row += tokens
+            number += [s] * len(tokens)
+        row, number = row[:11] + [SEP], number[:11] + [0]
+        ids.append(row + [PAD] * (12 - len(row)))
+        index.append(number + [0] * (12 - len(number)))
+        mask.append([1] * len(row) + [0] * (12 - len(row)))
+    return reports, torch.tensor(ids), torch.tensor(mask), torch.tensor(index)
+
+
+def test_convirt_sentence_view_is_one_present_sentence_drawn_uniformly():
+    """Every view is [CLS] + one sentence that has tokens (as far as truncation kept it) + [SEP], padded; over
+    3000 draws each such sentence comes up about equally often; no sentence: [CLS] [SEP]."""
+    reports, ids, mask, index = _sentence_reports()
+    candidates = []                                            # per report: its possible views, by sentence number
+    for b in range(len(reports)):
+        kept = {int(s): [int(t) for t, n in zip(ids[b], index[b]) if n == s] for s in index[b].unique() if s > 0}
+        candidates.append({s: [CLS] + tokens + [SEP] for s, tokens in kept.items()} or {0: [CLS, SEP]})
+    assert sorted(candidates[0]) == [1, 3, 4] and candidates[1][2] == [CLS, *range(14, 21), SEP]
+    generator, counts = _generator(5), [dict.fromkeys(c, 0) for c in candidates]
+    for _ in range(3000):
+        view, view_mask = sample_sentence(ids, mask, index, None, PAD, generator)
+        assert view.shape == ids.shape and view_mask.dtype == mask.dtype
+        for b, choices in enumerate(candidates):
+            length = int(view_mask[b].sum())
+            assert view_mask[b, :length].all() and not view_mask[b, length:].any()
+            assert (view[b, length:] == PAD).all()
+            drawn = [s for s, tokens in choices.items() if view[b, :length].tolist() == tokens]
+            assert len(drawn) == 1, (b, view[b])
+            counts[b][drawn[0]] += 1
+    for b, drawn in enumerate(counts):        # binomial sd at p = 1/3, n = 3000: 26; at p = 1/2: 27
+        for s, n in drawn.items():
+            assert abs(n - 3000 / len(drawn)) < 120, (b, s, drawn)
+    # the collate's num_sentences gives the same draws as reading it back
+    first = sample_sentence(ids, mask, index, None, PAD, _generator(9))
+    second = sample_sentence(ids, mask, index, int(index.max()), PAD, _generator(9))
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 # ------------------------------------------------------------------------------------------------ GLoRIA
 def _word_index_by_hand(ids, continues, special):

@@ -29,8 +29,8 @@ class WordPieces:
         return {(f"##p{i}" if i >= 5 and i % 3 == 0 else f"w{i}"): i for i in range(VOCAB)}
 
 
-def peer_model(method, **config):
-    settings = objective_settings(method, "demo", embed_dim=16, **SMALL.get(method, {}))
+def peer_model(method, objective=None, **config):
+    settings = objective_settings(method, "demo", embed_dim=16, **SMALL.get(method, {}), **(objective or {}))
     model = PeerModel(tiny_config(method=method, objective=settings, embed_dim=16, **config), WordPieces())
     for module in model.modules():                     # no dropout: the ranks' RNG streams differ
         if isinstance(module, torch.nn.Dropout):
@@ -42,7 +42,8 @@ def _peer_run(method, info, out_dir, shards: int, shard: int):
     """STEPS steps on fixed global batches of 8 (this shard's pairs through the pretraining collate), epoch 1 (MGCA's
     prototypes train); returns each step's gradients and the final parameters and buffers."""
     torch.manual_seed(0)
-    model = peer_model(method)
+    # ConVIRT's sentence draw off, as dropout is: each rank draws from its own generator
+    model = peer_model(method, {"sample_sentence": False} if method == "convirt" else None)
     trainer, grads = train_sharded(model, info, out_dir, shards, shard, epoch=1)
     return {"grads": grads, "state": {n: t.detach().clone() for n, t in trainer.raw.state_dict().items()}}
 
@@ -87,6 +88,35 @@ def test_mgca_prototypes_get_no_gradient_in_epoch_zero():
         assert stats == {} and set(losses) == {"global", "local", "prototype"}
         assert (model.objective.prototypes.grad is None) == frozen
         assert model.image_encoder.backbone.blocks[-1].attn.qkv.weight.grad is not None
+
+
+def test_convirt_trains_on_one_drawn_sentence_per_report():
+    """In training, ConVIRT's loss is its objective on the sentences sample_sentence draws from the global generator
+    (not on the whole reports); in eval mode the draw is fixed (a generator seeded 0), so two calls agree."""
+    from cgns.losses.convirt import sample_sentence
+    from test_masking import TinyPairs
+
+    torch.manual_seed(0)
+    model = peer_model("convirt")
+    batch = collate_pretrain([TinyPairs(6)[i] for i in range(6)])
+    assert int(batch["sentence_index"].amax(dim=1).min()) >= 2          # every report offers a choice
+
+    def loss_on(ids, mask):
+        inputs = model.image_inputs(batch["image"])
+        inputs.update(model.text_inputs(ids, mask))
+        return model.objective(inputs)["global"]
+
+    with torch.no_grad():
+        torch.manual_seed(7)
+        trained = model(batch)[0]["global"]
+        torch.manual_seed(7)
+        view = sample_sentence(batch["input_ids"], batch["attention_mask"], batch["sentence_index"],
+                               batch["num_sentences"], model.config.pad_token_id)
+        torch.testing.assert_close(trained, loss_on(*view), rtol=0, atol=0)
+        assert not torch.equal(view[1], batch["attention_mask"])
+        assert abs(float(trained - loss_on(batch["input_ids"], batch["attention_mask"]))) > 1e-4
+        model.eval()
+        assert torch.equal(model(batch)[0]["global"], model(batch)[0]["global"])
 
 
 @pytest.mark.parametrize("method", PEERS)

@@ -86,6 +86,20 @@ def test_mgca_resumes_bit_exact_across_the_prototype_unfreezing(test_world, tmp_
             - at_4["model"]["objective.global_image.first.weight"]).abs().max() > 1e-4
 
 
+def test_convirt_resumes_bit_exact_with_its_sentence_draws(test_world, tmp_path):
+    """ConVIRT draws a sentence per report from the global generator at every step: the checkpoint's RNG states
+    make a killed run draw, and so train, exactly as the straight one."""
+    common = ("--method", "convirt", "--save-every", 100)
+    run(test_world, tmp_path / "straight", *common, "--max-steps", 4)
+    run(test_world, tmp_path / "killed", *common, "--max-steps", 2)
+    run(test_world, tmp_path / "killed", *common, "--max-steps", 4)          # resumes automatically
+    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = ckpt.load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"model {key} differs after resume"
+
+
 def test_resume_under_another_method_is_refused(test_world, tmp_path):
     run(test_world, tmp_path, "--method", "convirt", "--max-steps", 1)
     with pytest.raises(ValueError, match=r"written by a --method convirt run; this run is --method gloria"):

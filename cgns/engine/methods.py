@@ -31,10 +31,13 @@ _DEMO_LOOP = {"stage1_epochs": 17, "stage2_epochs": 0}    # batch, lr, clipping:
 
 PRESETS = {
     "convirt": {
-        "demo": {"objective": {"embed_dim": 128, "temperature": 0.1, "image_to_report_weight": 0.75},
+        "demo": {"objective": {"embed_dim": 128, "temperature": 0.1, "image_to_report_weight": 0.75,
+                               "sample_sentence": True},
                  "loop": _DEMO_LOOP},
-        # ConVIRT (arXiv 2010.00747): d 512, tau 0.1, lambda 0.75, batch 32, Adam 1e-4, weight decay 1e-6
-        "paper": {"objective": {"embed_dim": 512, "temperature": 0.1, "image_to_report_weight": 0.75},
+        # ConVIRT (arXiv 2010.00747): d 512, tau 0.1, lambda 0.75, one sentence per report (t_u), batch 32,
+        # Adam 1e-4, weight decay 1e-6
+        "paper": {"objective": {"embed_dim": 512, "temperature": 0.1, "image_to_report_weight": 0.75,
+                                "sample_sentence": True},
                   "loop": {"batch_size": 32, "lr": 1e-4, "weight_decay": 1e-6, "stage2_epochs": 0}},
     },
     "gloria": {

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cgns.engine.methods import build_objective
+from cgns.losses.convirt import sample_sentence
 from cgns.data.words import word_index, word_piece_table
 from cgns.losses.gloria import word_features
 from cgns.models.class_attention import LayerInput, bert_class_attention, vit_class_attention
@@ -40,8 +41,10 @@ def build_model(config, tokenizer=None):
 class PeerModel(EncoderPair):
     """forward(batch, stage=1, epoch=0) -> (losses: name -> weighted scalar, stats: {}).
 
-    batch: image [B,3,S,S], input_ids / attention_mask long[B,T] (the pretraining collate's; sentence_index is not
-    used). Only what the objective's `requires` names is computed: the image's global feature and patch tokens, the
+    batch: image [B,3,S,S], input_ids / attention_mask long[B,T] (the pretraining collate's); sentence_index
+    long[B,T] and num_sentences for ConVIRT, whose text view is one drawn sentence per report (its training draws
+    from the global generator; in eval mode from a generator seeded 0, so a validation loss is comparable from
+    epoch to epoch). Only what the objective's `requires` names is computed: the image's global feature and patch tokens, the
     text's token states, word_index (word pieces grouped into words, from the tokenizer's word-piece table), the
     class tokens' last-layer attention (MGCA's token importance; a ResNet has none: uniform).
 
@@ -109,9 +112,18 @@ class PeerModel(EncoderPair):
         prototypes while epoch < freeze_prototype_epochs."""
         split = self.patch_split(batch)
         inputs = self.image_inputs(batch["image"], None if split is None else split[0])
-        inputs.update(self.text_inputs(batch["input_ids"], batch["attention_mask"], batch.get("max_token_id"),
-                                       batch))
+        inputs.update(self.text_inputs(*self.text_view(batch), batch.get("max_token_id"), batch))
         return self.objective(inputs, epoch=epoch), {}
+
+    def text_view(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token ids and mask long[B,T] the objective trains on: the report, or (ConVIRT) one drawn sentence."""
+        if not getattr(self.objective, "samples_sentence", False):
+            return batch["input_ids"], batch["attention_mask"]
+        generator = None
+        if not self.training:
+            generator = torch.Generator(device=batch["input_ids"].device).manual_seed(0)
+        return sample_sentence(batch["input_ids"], batch["attention_mask"], batch["sentence_index"],
+                               batch.get("num_sentences"), self.config.pad_token_id, generator)
 
     def encode_image(self, images):
         """images [B,3,S,S] -> the objective's image embedding [B,D], unit norm."""
