@@ -235,6 +235,29 @@ def test_the_table_equals_a_hand_computation(tmp_path):
                for line in lines)
 
 
+def test_the_learning_check_is_each_seeds_gain_over_random_init():
+    """A method learns where its CheXpert probe at 10% beats random init's at every pretraining seed by 0.05."""
+    from cgns.benchmark.compare import LEARNING_ROW, learning_check, learning_markdown
+
+    def at(*scores):
+        return {seed: ({} if score is None else {LEARNING_ROW: score}) for seed, score in enumerate(scores)}
+
+    values = {RANDOM_INIT: at(0.60, 0.62, 0.58), "cgns": at(0.70, 0.68, 0.64), "convirt": at(0.70, 0.60, 0.70),
+              "gloria": at(0.70, None, 0.70)}
+    check = learning_check(values, [RANDOM_INIT, "cgns", "convirt", "gloria", "mgca"])
+    assert list(check) == ["cgns", "convirt", "gloria"]                    # mgca has no evaluations at all
+    assert check["cgns"]["gains"] == pytest.approx({"0": 0.10, "1": 0.06, "2": 0.06})
+    assert check["cgns"]["learns"] and check["cgns"]["min"] == pytest.approx(0.06)
+    assert not check["convirt"]["learns"] and check["convirt"]["min"] == pytest.approx(-0.02)
+    assert not check["gloria"]["learns"] and check["gloria"]["gains"]["1"] is None     # a seed without the row
+    lines = learning_markdown(check)
+    assert "| method | seed 0 | seed 1 | seed 2 | smallest | learns |" in lines
+    assert "| cgns | +10.0 | +6.0 | +6.0 | +6.0 | yes |" in lines
+    assert "| convirt | +10.0 | -2.0 | +12.0 | -2.0 | no |" in lines
+    assert "| gloria | +10.0 | n/a | +12.0 | +10.0 | no |" in lines
+    assert learning_check({"cgns": at(0.7)}, ["cgns"]) == {} and learning_markdown({}) == []
+
+
 def test_one_seed_has_no_interval_and_no_reference_no_difference(tmp_path):
     run(settings(tmp_path / "one", seeds=(1,)), [])
     assert "| CheXpert AUC | 100% | -18.0 [n/a] | +4.0 [n/a] | +1.0 [n/a] |" in (tmp_path / "one" / "benchmark.md") \

@@ -25,5 +25,6 @@ def test_random_embeddings_sit_near_chance():
     image = torch.nn.functional.normalize(torch.randn(400, 16, generator=generator), dim=1)
     text = torch.nn.functional.normalize(torch.randn(400, 16, generator=generator), dim=1)
     out, chance = recall_at_k(image, text), chance_recall(400)
-    # not learned, seeded statistics: max |R@10 - chance| 0.0125 over seeds 0-4, 1/2 threads, torch 2.13.0/2.14.1; threshold 0.03
+    # not learned, seeded statistics: max |R@10 - chance| 0.0125 over seeds 0-4, 1/2 threads, torch 2.13.0/2.14.1;
+    # threshold 0.03
     assert abs(out["i2t_R@10"] - chance["R@10"]) < 0.03 and abs(out["t2i_R@10"] - chance["R@10"]) < 0.03

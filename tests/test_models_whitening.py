@@ -8,7 +8,8 @@ from cgns.models.whitening import MapWhitening, fit_map_moments, parse_shrinkage
 
 
 def correlated_maps(generator, batches=6, batch=4, channels=(8, 5), size=(6, 5)):
-    """Map lists whose channels are strongly correlated and offset (eigenvalues spread over ~3 decades, above the floor)."""
+    """Map lists whose channels are strongly correlated and offset (eigenvalues spread over ~3 decades, above the
+    floor)."""
     # a random rotation times fixed scales: eigenvalues are exactly the squared scales (1 down to 1e-3)
     mixes = [torch.linalg.qr(torch.randn(c, c, generator=generator))[0] * torch.logspace(0, -1.5, c)[None, :]
              for c in channels]

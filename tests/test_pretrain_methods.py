@@ -44,7 +44,8 @@ def test_every_method_trains_saves_and_loads(test_world, tmp_path, method):
     assert image_vectors.shape == text_vectors.shape == (3, 128)
     torch.testing.assert_close(image_vectors.norm(dim=1), torch.ones(3))
     with torch.no_grad():
-        expected = loaded.model.objective.image_embedding({"image_global": loaded.model.image_encoder(images)["global"]})
+        global_feature = loaded.model.image_encoder(images)["global"]
+        expected = loaded.model.objective.image_embedding({"image_global": global_feature})
     torch.testing.assert_close(image_vectors, expected)
     # phrase grounding (python -m cgns.evaluate grounding): the word maps of GLoRIA / MGCA; ConVIRT has none
     from cgns.evaluate import cli

@@ -2,7 +2,9 @@
 (columns), mean ± standard deviation over pretraining seeds, and each method's paired difference against the
 reference method (ConVIRT by default; at the same weight variants where those are benchmarked) with its 95%
 t-interval over the seed pairs; and, where CM-CGNS's ablations are benchmarked beside it, the full method's paired
-difference against each ablation (does the clustering-guided sampling pay? does CM-MIR?).
+difference against each ablation (does the clustering-guided sampling pay? does CM-MIR?); and whether each method
+learns at every pretraining seed: its CheXpert probe AUC at 10% of the training data beats random init's at the
+same seed by at least 0.05 (LEARNING_ROW, LEARNING_MARGIN).
 
 A method's value at one pretraining seed is what its `evaluate all` table shows: the mean over the head seeds
 (--eval-seeds) of that checkpoint. Pairs are formed by pretraining seed.
@@ -14,6 +16,7 @@ import io
 import json
 from pathlib import Path
 
+from cgns.benchmark.methods import RANDOM_INIT
 from cgns.benchmark.plan import Job
 from cgns.benchmark.stats import mean_std, paired_difference
 from cgns.io import atomic_write_json, atomic_write_text
@@ -73,10 +76,37 @@ def ablation_pairs(methods: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+LEARNING_ROW = ("CheXpert AUC", "10%")    # (header, label) of the row that says whether a method learns
+LEARNING_MARGIN = 0.05                     # ... by beating random init at the same seed by at least this
+
+
+def learning_check(values: dict, methods: list[str], row: tuple[str, str] = LEARNING_ROW,
+                   margin: float = LEARNING_MARGIN) -> dict:
+    """{method: {"gains": {seed: value - random init's value at that seed}, "min": the smallest gain, "learns":
+    every gain >= margin}} over the seeds where both have the row (values: seed_values'); {} without random init
+    or without the row. A method with a seed lacking the row or random init's value there does not pass."""
+    baseline = values.get(RANDOM_INIT, {})
+    if not any(entry.get(row) is not None for entry in baseline.values()):
+        return {}
+    out = {}
+    for method in methods:
+        if method == RANDOM_INIT or method not in values:
+            continue
+        gains = {}
+        for seed, entry in sorted(values[method].items()):
+            value, base = entry.get(row), baseline.get(seed, {}).get(row)
+            gains[str(seed)] = None if value is None or base is None else value - base
+        known = [g for g in gains.values() if g is not None]
+        out[method] = {"gains": gains, "min": min(known) if known else None,
+                       "learns": bool(known) and len(known) == len(gains) and min(known) >= margin}
+    return out
+
+
 def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
     """{"methods", "reference", "partners", "ablations": [[full, ablation]], "rows": [row + {"methods": {method:
-    {"mean", "std", "n", "seeds", "difference"}}, "ablations": {"full − ablation": difference}}]}.
-    "difference" (paired by pretraining seed against paired_with(method)) is None where there is no partner."""
+    {"mean", "std", "n", "seeds", "difference"}}, "ablations": {"full − ablation": difference}}], "learning":
+    learning_check(...)}. "difference" (paired by pretraining seed against paired_with(method)) is None where
+    there is no partner."""
     rows, values = seed_values(jobs)
     partners = {m: paired_with(m, reference, methods) for m in methods}
     ablations = ablation_pairs(methods)
@@ -99,7 +129,8 @@ def compare(jobs: list[Job], methods: list[str], reference: str | None) -> dict:
                                             "against": ablation} for full, ablation in ablations}
         out.append({**row, "methods": per_method, "ablations": against})
     return {"methods": list(methods), "reference": reference if reference in methods else None,
-            "partners": partners, "ablations": [list(pair) for pair in ablations], "rows": out}
+            "partners": partners, "ablations": [list(pair) for pair in ablations], "rows": out,
+            "learning": learning_check(values, methods)}
 
 
 def _scale(row: dict) -> tuple[int, int]:
@@ -152,7 +183,27 @@ def markdown(comparison: dict, title: str) -> str:
         for row in comparison["rows"]:
             cells = " | ".join(show_difference(row, row["ablations"][pair]) for pair in pairs)
             lines.append(f"| {row['header']} | {row['label']} | {cells} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + learning_markdown(comparison.get("learning") or {})) + "\n"
+
+
+def learning_markdown(learning: dict) -> list[str]:
+    """The learning check's lines: a method's gain over random init by pretraining seed, its smallest, the verdict."""
+    if not learning:
+        return []
+    seeds = list(dict.fromkeys(s for entry in learning.values() for s in entry["gains"]))
+    header, label = LEARNING_ROW
+    lines = ["", f"Does each method learn? Its {header} at {label} minus random init's at the same pretraining seed "
+                 f"(points); it learns where every seed gains at least {100 * LEARNING_MARGIN:.1f}.", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | smallest | learns |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    for method, entry in learning.items():
+        cells = [_points(entry["gains"].get(s)) for s in seeds] + [_points(entry["min"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'yes' if entry['learns'] else 'no'} |")
+    return lines
+
+
+def _points(value) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
 def _number(value) -> str:

@@ -15,7 +15,7 @@ from cgns.data.cache import Cache
 from cgns.data.splits import data_pct_subset
 from cgns.data.transforms import (CropTransform, DetectionTransform, Placement, SegmentationTransform,
                                   boxes_mask)
-from cgns.data.words import word_layout
+from cgns.data.words import no_sentence_error, word_layout
 
 TASKS = ("pretrain", "classification", "detection", "segmentation")
 SPLITS = ("train", "valid", "test")
@@ -208,10 +208,7 @@ def sentence_layout(sentence_index: torch.Tensor, input_ids: torch.Tensor, index
     present = present[:, 1:]                                                              # [B,S]
     empty = (~present.any(dim=1)).nonzero()[:, 0].tolist()
     if empty:
-        names = [int(index[i]) for i in empty] if index is not None else empty
-        raise ValueError(f"report(s) without any sentence in this batch (sentence_index all 0) at "
-                         f"{'dataset index' if index is not None else 'batch position'} {names}; such studies "
-                         f"must be filtered out before training")
+        raise no_sentence_error(empty, index)
     rows = present.flatten().nonzero()[:, 0]
     return {"num_sentences": num_sentences, "sentence_rows": rows,
             "max_token_id": int(input_ids.max()) if input_ids.numel() else 0,

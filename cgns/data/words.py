@@ -32,6 +32,20 @@ def word_index(input_ids: torch.Tensor, continues_word: torch.Tensor, special: t
     return torch.where(is_special, 0, opens.long().cumsum(dim=1))
 
 
+def empty_reports_error(unit: str, empty: list[int], index=None, advice: str = "") -> ValueError:
+    """The refusal of a batch's reports without any `unit` (sentence, word): names their dataset indices (index
+    long[B]) when given, else their batch positions."""
+    names = [int(index[i]) for i in empty] if index is not None else empty
+    where = "dataset index" if index is not None else "batch position"
+    return ValueError(f"report(s) without any {unit} in this batch at {where} {names}{advice}")
+
+
+def no_sentence_error(empty: list[int], index=None) -> ValueError:
+    """The refusal of reports without any sentence (the pretraining collate's and CGNSModel's check)."""
+    return empty_reports_error("sentence", empty, index, " (sentence_index all 0); such studies must be filtered "
+                               "out before training")
+
+
 def word_layout(input_ids: torch.Tensor, continues_word: torch.Tensor, special: torch.Tensor, index=None) -> dict:
     """The words of a batch, computed on the CPU once per batch (the pretraining collate), so that the step reads
     nothing back from the device: CPU input_ids long[B,T] -> {word_index: long[B,T] (word_index above),
@@ -41,9 +55,7 @@ def word_layout(input_ids: torch.Tensor, continues_word: torch.Tensor, special: 
     counts = words.max(dim=1).values if words.numel() else words.new_zeros(words.shape[0])   # [B] words per report
     empty = (counts == 0).nonzero()[:, 0].tolist()
     if empty:
-        names = [int(index[i]) for i in empty] if index is not None else empty
-        raise ValueError(f"report(s) without any word in this batch at "
-                         f"{'dataset index' if index is not None else 'batch position'} {names}")
+        raise empty_reports_error("word", empty, index)
     num_words = max(int(counts.max()) if counts.numel() else 0, 1)
     rows = (torch.arange(num_words)[None, :] < counts[:, None]).flatten().nonzero()[:, 0]
     return {"word_index": words, "num_words": num_words, "word_rows": rows}

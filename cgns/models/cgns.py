@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgns.config import from_dict, option
+from cgns.data.words import no_sentence_error
 from cgns.engine.methods import METHODS
 from cgns.losses.clustering import ClusterNegativeSampler
 from cgns.losses.global_contrastive import global_contrastive_loss, initial_log_logit_scale
@@ -285,11 +286,7 @@ class CGNSModel(EncoderPair):
             return report, sentences, sentence_mask
         has_sentence = sentence_mask.any(dim=1) if sentence_mask.shape[1] else sentence_mask.new_zeros(len(tokens))
         if not bool(has_sentence.all()):
-            empty = (~has_sentence).nonzero()[:, 0].tolist()
-            names = [int(sample_ids[i]) for i in empty] if sample_ids is not None else empty
-            raise ValueError(f"report(s) without any sentence in this batch (sentence_index all 0) at "
-                             f"{'dataset index' if sample_ids is not None else 'batch position'} {names}; "
-                             f"such studies must be filtered out before training")
+            raise no_sentence_error((~has_sentence).nonzero()[:, 0].tolist(), sample_ids)
         report = F.normalize(self.report_pool(sentences, sentence_mask), dim=-1)
         return report, sentences, sentence_mask
 

@@ -44,9 +44,10 @@ class PeerModel(EncoderPair):
     batch: image [B,3,S,S], input_ids / attention_mask long[B,T] (the pretraining collate's); sentence_index
     long[B,T] and num_sentences for ConVIRT, whose text view is one drawn sentence per report (its training draws
     from the global generator; in eval mode from a generator seeded 0, so a validation loss is comparable from
-    epoch to epoch). Only what the objective's `requires` names is computed: the image's global feature and patch tokens, the
-    text's token states, word_index (word pieces grouped into words, from the tokenizer's word-piece table), the
-    class tokens' last-layer attention (MGCA's token importance; a ResNet has none: uniform).
+    epoch to epoch). Only what the objective's `requires` names is computed: the image's global feature and
+    patch tokens, the text's token states, word_index (word pieces grouped into words, from the tokenizer's
+    word-piece table), the class tokens' last-layer attention (MGCA's token importance; a ResNet has none:
+    uniform).
 
     tokenizer: the run's tokenizer object or folder, for the word-piece table of GLoRIA / MGCA (None: the folder
     config.tokenizer_dir). The table is a non-persistent buffer: checkpoints hold the weights only.
