@@ -62,18 +62,25 @@ def test_every_method_trains_saves_and_loads(test_world, tmp_path, method):
         assert grounding["test"]["n"] > 0 and grounding["test"]["cnr"] is not None
 
 
+def straight_and_resumed(world, out, method, killed_at, steps):
+    """`steps` steps straight, and killed after `killed_at` then resumed; asserts the two models are equal ->
+    (straight's last checkpoint, the resumed one's, the killed run's model weights)."""
+    common = ("--method", method, "--save-every", 100)
+    run(world, out / "straight", *common, "--max-steps", steps)
+    run(world, out / "killed", *common, "--max-steps", killed_at)
+    at_kill = ckpt.load_checkpoint(out / "killed" / "checkpoints" / "latest.pt")["model"]
+    run(world, out / "killed", *common, "--max-steps", steps)                   # resumes automatically
+    a = ckpt.load_checkpoint(out / "straight" / "checkpoints" / "latest.pt")
+    b = ckpt.load_checkpoint(out / "killed" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == steps
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"{method}: model {key} differs after resume"
+    return a, b, at_kill
+
+
 def test_mgca_resumes_bit_exact_across_the_prototype_unfreezing(test_world, tmp_path):
     """32 training pairs, batch 8: epoch 0 is steps 1-4 (prototypes frozen), epoch 1 steps 5-8 (trained)."""
-    common = ("--method", "mgca", "--save-every", 100)
-    run(test_world, tmp_path / "straight", *common, "--max-steps", 6)
-    run(test_world, tmp_path / "killed", *common, "--max-steps", 3)          # stops mid epoch 0
-    at_3 = ckpt.load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")["model"]
-    run(test_world, tmp_path / "killed", *common, "--max-steps", 6)          # resumes automatically
-    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
-    b = ckpt.load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
-    assert a["step"] == b["step"] == 6
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), f"model {key} differs after resume"
+    a, b, at_3 = straight_and_resumed(test_world, tmp_path, "mgca", killed_at=3, steps=6)   # killed mid epoch 0
     for index, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name]), f"optimizer {index}.{name}"
@@ -90,15 +97,7 @@ def test_mgca_resumes_bit_exact_across_the_prototype_unfreezing(test_world, tmp_
 def test_convirt_resumes_bit_exact_with_its_sentence_draws(test_world, tmp_path):
     """ConVIRT draws a sentence per report from the global generator at every step: the checkpoint's RNG states
     make a killed run draw, and so train, exactly as the straight one."""
-    common = ("--method", "convirt", "--save-every", 100)
-    run(test_world, tmp_path / "straight", *common, "--max-steps", 4)
-    run(test_world, tmp_path / "killed", *common, "--max-steps", 2)
-    run(test_world, tmp_path / "killed", *common, "--max-steps", 4)          # resumes automatically
-    a = ckpt.load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
-    b = ckpt.load_checkpoint(tmp_path / "killed" / "checkpoints" / "latest.pt")
-    assert a["step"] == b["step"] == 4
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), f"model {key} differs after resume"
+    straight_and_resumed(test_world, tmp_path, "convirt", killed_at=2, steps=4)
 
 
 def test_resume_under_another_method_is_refused(test_world, tmp_path):
