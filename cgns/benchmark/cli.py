@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help="methods to compare, e.g. cgns convirt gloria mgca cgns-no-cgns cgns@w3=0.5")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds")
-    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0],
-                        help="head seeds of every evaluation (a seed's value is the mean over them)")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="head seeds of every evaluation (a seed's value is the mean over them; one head seed "
+                             "leaves the probes' head noise in the seed-to-seed spread)")
     parser.add_argument("--output-dir", default="runs/benchmark")
     parser.add_argument("--preset", choices=("demo", "paper"), default="demo",
                         help="train_pretrain.py --config and evaluate all --preset")

@@ -44,7 +44,7 @@ class Settings:
     methods: tuple[MethodSpec, ...]
     seeds: tuple[int, ...]
     output_dir: Path
-    eval_seeds: tuple[int, ...] = (0,)
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
     preset: str = "demo"
     data_dir: Path | None = None
     device: str | None = None
