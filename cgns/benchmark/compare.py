@@ -80,12 +80,11 @@ LEARNING_ROW = ("CheXpert AUC", "10%")    # (header, label) of the row that says
 LEARNING_MARGIN = 0.05                     # ... by beating random init at the same seed by at least this
 
 
-def learning_check(values: dict, methods: list[str], row: tuple[str, str] = LEARNING_ROW,
-                   margin: float = LEARNING_MARGIN) -> dict:
+def learning_check(values: dict, methods: list[str]) -> dict:
     """{method: {"gains": {seed: value - random init's value at that seed}, "min": the smallest gain, "learns":
-    every gain >= margin}} over the seeds where both have the row (values: seed_values'); {} without random init
-    or without the row. A method with a seed lacking the row or random init's value there does not pass."""
-    baseline = values.get(RANDOM_INIT, {})
+    every gain >= LEARNING_MARGIN}} on LEARNING_ROW (values: seed_values'); {} without random init or without the
+    row. A method with a seed lacking the row or random init's value there does not pass."""
+    row, baseline = LEARNING_ROW, values.get(RANDOM_INIT, {})
     if not any(entry.get(row) is not None for entry in baseline.values()):
         return {}
     out = {}
@@ -98,7 +97,7 @@ def learning_check(values: dict, methods: list[str], row: tuple[str, str] = LEAR
             gains[str(seed)] = None if value is None or base is None else value - base
         known = [g for g in gains.values() if g is not None]
         out[method] = {"gains": gains, "min": min(known) if known else None,
-                       "learns": bool(known) and len(known) == len(gains) and min(known) >= margin}
+                       "learns": bool(known) and len(known) == len(gains) and min(known) >= LEARNING_MARGIN}
     return out
 
 

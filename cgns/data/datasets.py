@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, default_collate
 
 from cgns.data.cache import Cache
 from cgns.data.splits import data_pct_subset
+from cgns.data.tokenizer import sentence_presence
 from cgns.data.transforms import (CropTransform, DetectionTransform, Placement, SegmentationTransform,
                                   boxes_mask)
 from cgns.data.words import no_sentence_error, word_layout
@@ -202,10 +203,8 @@ def sentence_layout(sentence_index: torch.Tensor, input_ids: torch.Tensor, index
     row_counts: {'reports': B, 'sentences': N} (what the losses gather across ranks; cgns.distributed
     exchange_row_counts)}. Reports without any sentence are refused, naming their dataset indices (index long[B])
     when given."""
-    num_sentences = int(sentence_index.max()) if sentence_index.numel() else 0
-    present = torch.zeros(sentence_index.shape[0], num_sentences + 1, dtype=torch.bool)
-    present.scatter_(1, sentence_index, True)
-    present = present[:, 1:]                                                              # [B,S]
+    present = sentence_presence(sentence_index)[:, 1:]                                    # [B,S]
+    num_sentences = present.shape[1]
     empty = (~present.any(dim=1)).nonzero()[:, 0].tolist()
     if empty:
         raise no_sentence_error(empty, index)

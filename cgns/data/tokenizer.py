@@ -134,3 +134,15 @@ def encode_sentences(tokenizer, sentences: list[str], max_length: int = 256) -> 
     attention_mask = torch.tensor([1] * length + [0] * pad, dtype=torch.long)
     sentence_index = torch.tensor(index + [0] * pad, dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "sentence_index": sentence_index}
+
+
+def sentence_presence(sentence_index: torch.Tensor, num_sentences: int | None = None) -> torch.Tensor:
+    """sentence_index long[B,T] (encode_sentences' layout) -> present bool[B,S+1] on its device: present[b, s] is
+    True where sentence s of report b has tokens; column 0 (the number of [CLS], [SEP] and padding) is False.
+    S: num_sentences, the batch's largest sentence number (None reads it back from the device)."""
+    if num_sentences is None:
+        num_sentences = int(sentence_index.max()) if sentence_index.numel() else 0
+    present = torch.zeros(sentence_index.shape[0], num_sentences + 1, dtype=torch.bool, device=sentence_index.device)
+    present.scatter_(1, sentence_index, True)
+    present[:, 0] = False
+    return present

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cgns.data.tokenizer import sentence_presence
 from cgns.losses.global_contrastive import bidirectional_info_nce
 from cgns.models.projection_heads import ProjectionHead
 
@@ -55,13 +56,9 @@ def sample_sentence(input_ids: torch.Tensor, attention_mask: torch.Tensor, sente
     Everything happens on the tensors' device, without reading anything back.
     """
     batch, width = input_ids.shape
-    if num_sentences is None:
-        num_sentences = int(sentence_index.max()) if sentence_index.numel() else 0
     device = input_ids.device
-    present = torch.zeros(batch, num_sentences + 1, dtype=torch.bool, device=device)
-    present.scatter_(1, sentence_index, True)
-    present[:, 0] = False                                                             # [CLS], [SEP], padding
-    draw = torch.rand(batch, num_sentences + 1, device=device, generator=generator)
+    present = sentence_presence(sentence_index, num_sentences)                          # [B,S+1], column 0 False
+    draw = torch.rand(present.shape, device=device, generator=generator)
     chosen = draw.masked_fill(~present, -1.0).argmax(dim=1, keepdim=True)             # [B,1]; 0: no sentence
     position = torch.arange(width, device=device)
     kept = (sentence_index == chosen) & (chosen > 0)
